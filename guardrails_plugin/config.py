@@ -1,0 +1,205 @@
+"""GuardConfig: which guard models judge which stage, on which engine, under which policy.
+
+Sources, highest priority first: keyword arguments, environment variables ``GUARDRAILS_PLUGIN_*``
+(nested fields with ``__``, e.g. ``GUARDRAILS_PLUGIN_STAGES__PROMPT__FAIL_MODE=open``), then a
+YAML file given to ``GuardConfig.from_yaml`` / ``Guard.from_config``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import GuardConfigError
+from .types import Action, Stage
+
+Strictness = Literal["strict", "moderate", "loose"]
+FailMode = Literal["closed", "open"]
+EngineKind = Literal["transformers", "openai"]
+Mode = Literal["full", "fast", "cascade"]
+
+#: FlexGuard's rubric thresholds (risk score 20 / 40 / 60 of 100), used for every guard's risk.
+STRICTNESS_THRESHOLDS: dict[str, float] = {"strict": 0.2, "moderate": 0.4, "loose": 0.6}
+
+
+class GuardModelConfig(BaseModel):
+    """One guard model and the engine that runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["reasoningshield", "guardreasoner", "flexguard"]
+    model: str | None = Field(
+        None, description="Hub id or local folder; defaults to the family's 1B/8B hub id."
+    )
+    engine: EngineKind = "transformers"
+    base_url: str | list[str] | None = Field(None, description="OpenAI-compatible server(s).")
+    served_model_name: str | None = Field(None, description="Model name the server expects.")
+    api_key: str | None = None
+    max_new_tokens: int | None = Field(None, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="Deadline of one guard call.")
+    max_input_chars: int = Field(
+        24_000, gt=0, description="Longer texts are split into overlapping windows."
+    )
+    window_overlap_chars: int = Field(1_000, ge=0)
+    device: str | None = None
+    dtype: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> GuardModelConfig:
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError("engine 'openai' needs base_url")
+        if self.window_overlap_chars >= self.max_input_chars:
+            raise ValueError("window_overlap_chars must be smaller than max_input_chars")
+        return self
+
+
+class StageConfig(BaseModel):
+    """How one stage is guarded."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    guards: list[str] = Field(default_factory=list, description="Names of entries in `models`.")
+    fail_mode: FailMode | None = Field(None, description="Overrides GuardConfig.fail_mode.")
+    block_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    escalate_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    flagged_action: Action = Field(Action.BLOCK, description="Action when risk >= threshold.")
+    hold_back: bool | None = Field(
+        None,
+        description="Streaming: release tokens only after a check covered them "
+        "(default: on for the response, off for reasoning).",
+    )
+    check_every_tokens: int = Field(64, gt=0, description="Streaming check interval.")
+
+
+def _default_models() -> dict[str, GuardModelConfig]:
+    return {
+        "GuardReasoner-1B": GuardModelConfig(family="guardreasoner"),
+        "ReasoningShield-1B": GuardModelConfig(family="reasoningshield"),
+    }
+
+
+def _default_stages() -> dict[Stage, StageConfig]:
+    return {
+        Stage.PROMPT: StageConfig(guards=["GuardReasoner-1B"]),
+        Stage.REASONING: StageConfig(guards=["ReasoningShield-1B"]),
+        Stage.RESPONSE: StageConfig(guards=["GuardReasoner-1B"]),
+    }
+
+
+class GuardConfig(BaseSettings):
+    """Everything a Guard needs. See the README for a YAML example."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GUARDRAILS_PLUGIN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    strictness: Strictness = "moderate"
+    block_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Overrides the strictness preset."
+    )
+    escalate_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Risks in [escalate, block) escalate instead of allow."
+    )
+    escalation_hold: bool = Field(False, description="Hold (block) escalated content until reviewed.")
+    fail_mode: FailMode = "closed"
+    category_actions: dict[str, Action] = Field(
+        default_factory=dict, description="Per-category action when flagged, e.g. {INF: redact}."
+    )
+    redact_placeholder: str = "[REDACTED]"
+    refusal_message: str = "I can't help with that."
+    mode: Mode = Field("full", description="full generation; fast (opt-in) or cascade scoring.")
+    cascade_band: tuple[float, float] = Field(
+        (0.2, 0.8), description="Fast risks inside this band get a full generation (cascade)."
+    )
+    models: dict[str, GuardModelConfig] = Field(default_factory=_default_models)
+    stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
+    audit: dict[str, Any] | None = Field(None, description="Audit sink settings (see audit.py).")
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _fill_stages(cls, v: Any) -> Any:
+        # A YAML that configures one stage keeps the defaults of the others.
+        if isinstance(v, dict):
+            merged: dict[Any, Any] = {s: c for s, c in _default_stages().items()}
+            for k, c in v.items():
+                merged[Stage(k)] = c
+            return merged
+        return v
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> GuardConfig:
+        for stage, sc in self.stages.items():
+            missing = [g for g in sc.guards if g not in self.models]
+            if missing:
+                raise ValueError(f"stage {stage}: unknown guard model(s) {missing}")
+            if sc.enabled and not sc.guards:
+                raise ValueError(f"stage {stage} is enabled but lists no guards")
+        lo, hi = self.cascade_band
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("cascade_band must be 0 <= low <= high <= 1")
+        return self
+
+    # -- derived values -----------------------------------------------------------------------
+    def stage(self, stage: Stage | str) -> StageConfig:
+        return self.stages[Stage(stage)]
+
+    def threshold(self, stage: Stage | str) -> float:
+        sc = self.stage(stage)
+        if sc.block_threshold is not None:
+            return sc.block_threshold
+        if self.block_threshold is not None:
+            return self.block_threshold
+        return STRICTNESS_THRESHOLDS[self.strictness]
+
+    def escalate_at(self, stage: Stage | str) -> float | None:
+        sc = self.stage(stage)
+        return sc.escalate_threshold if sc.escalate_threshold is not None else self.escalate_threshold
+
+    def fail_mode_for(self, stage: Stage | str) -> FailMode:
+        return self.stage(stage).fail_mode or self.fail_mode
+
+    def hold_back_for(self, stage: Stage | str) -> bool:
+        sc = self.stage(stage)
+        if sc.hold_back is not None:
+            return sc.hold_back
+        return Stage(stage) is Stage.RESPONSE  # answer held until checked; reasoning streams first
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> GuardConfig:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError as exc:
+            raise GuardConfigError(f"guard config not found: {p}") from exc
+        except yaml.YAMLError as exc:
+            raise GuardConfigError(f"guard config {p} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise GuardConfigError(f"guard config {p} must be a mapping, got {type(data).__name__}")
+        data.update(overrides)
+        return cls.build(**data)
+
+    @classmethod
+    def build(cls, **data: Any) -> GuardConfig:
+        """Like the constructor, but configuration mistakes raise GuardConfigError."""
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise GuardConfigError(f"invalid guard config: {exc}") from exc
+
+    def to_yaml(self, path: str | Path) -> None:
+        data = self.model_dump(mode="json", exclude_none=True)
+        Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+    def with_model_dir(self, model_dir: str | Path, *, names: list[str] | None = None) -> GuardConfig:
+        """A copy whose guard models (all, or ``names``) load from a local folder."""
+        models = {
+            n: m.model_copy(update={"model": str(model_dir)}) if names is None or n in names else m
+            for n, m in self.models.items()
+        }
+        return self.model_copy(update={"models": models})

@@ -1,0 +1,89 @@
+"""Turning whatever a caller hands us into text a guard can judge, or a clear typed error.
+
+Bytes are decoded as UTF-8 with invalid sequences replaced (and the replacement recorded), lone
+surrogates become U+FFFD (tokenizers and HTTP bodies cannot carry them), and chat message lists
+keep their text parts while recording what was not guarded (images, audio, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import GuardInputError
+
+
+@dataclass
+class Text:
+    """Normalised text plus notes about what normalisation changed or skipped."""
+
+    value: str
+    notes: list[str] = field(default_factory=list)
+
+
+def normalize_text(content: Any, *, what: str = "text") -> Text:
+    """A ``Text`` from str, bytes, or a chat-message / content-part list. Raises GuardInputError
+    for anything else (None included: a check of nothing is a caller bug, not an ALLOW)."""
+    notes: list[str] = []
+    if isinstance(content, str):
+        value = content
+    elif isinstance(content, (bytes, bytearray, memoryview)):
+        raw = bytes(content)
+        value = raw.decode("utf-8", errors="replace")
+        if "\ufffd" in value and b"\xef\xbf\xbd" not in raw:
+            notes.append(f"{what}: invalid UTF-8 bytes replaced with U+FFFD")
+    elif isinstance(content, Sequence) and not isinstance(content, str):
+        value = _text_of_parts(content, notes, what)
+    elif isinstance(content, Mapping):
+        value = _text_of_parts([content], notes, what)
+    else:
+        raise GuardInputError(
+            f"{what} must be str, bytes or a list of messages/content parts, "
+            f"got {type(content).__name__}"
+        )
+    if _has_surrogates(value):
+        value = value.encode("utf-8", errors="replace").decode("utf-8")
+        notes.append(f"{what}: lone surrogates replaced with '?'")
+    return Text(value, notes)
+
+
+def _has_surrogates(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _text_of_parts(parts: Sequence[Any], notes: list[str], what: str) -> str:
+    """Text of OpenAI / LangChain style messages or content parts; non-text parts are noted."""
+    texts: list[str] = []
+    for i, part in enumerate(parts):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        content = getattr(part, "content", None) if not isinstance(part, Mapping) else None
+        if content is not None:  # a LangChain BaseMessage
+            texts.append(_text_of_parts([content] if isinstance(content, str) else content, notes, what))
+            continue
+        if not isinstance(part, Mapping):
+            raise GuardInputError(f"{what}[{i}]: unsupported part type {type(part).__name__}")
+        kind = part.get("type")
+        if "content" in part and kind is None:  # a chat message {"role", "content"}
+            inner = part["content"]
+            if inner is None:
+                if part.get("tool_calls"):
+                    notes.append(f"{what}[{i}]: tool calls not guarded as text")
+                continue
+            texts.append(_text_of_parts([inner] if isinstance(inner, str) else inner, notes, what))
+            if part.get("tool_calls"):
+                notes.append(f"{what}[{i}]: tool calls not guarded as text")
+            continue
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in ("reasoning", "thinking"):
+            texts.append(str(part.get("reasoning") or part.get("thinking") or part.get("text") or ""))
+        else:
+            notes.append(f"{what}[{i}]: {kind or 'untyped'} part not guarded")
+    return "\n".join(t for t in texts if t)

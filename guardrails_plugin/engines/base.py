@@ -1,0 +1,74 @@
+"""The seam between guard models (which know prompts) and engines (which produce tokens).
+
+An engine takes a batch of ``GenerationRequest`` and returns one completion string per request,
+in order. A request is either a raw completion prompt (GuardReasoner's protocol) or a list of chat
+messages that the engine renders with the guard's own chat template (ReasoningShield, FlexGuard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One guard input.
+
+    Exactly one of ``prompt`` (raw text, no chat template) and ``messages`` (chat turns rendered with
+    the tokenizer's template and ``add_generation_prompt=True``) is set. ``assistant_prefix`` is text
+    forced at the start of the assistant's answer (fast scoring forces the answer up to the verdict).
+    """
+
+    prompt: str | None = None
+    messages: tuple[Mapping[str, str], ...] | None = None
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    max_new_tokens: int = 1024
+    assistant_prefix: str = ""
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("GenerationRequest needs exactly one of prompt= or messages=")
+        if self.messages is not None and not isinstance(self.messages, tuple):
+            object.__setattr__(self, "messages", tuple(self.messages))
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine implements."""
+
+    name: str
+
+    async def generate(
+        self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
+    ) -> list[str]:
+        """Return one completion per request, in order. Raise GuardEngineError (or its subclass
+        GuardTimeoutError) when no completion can be had; never return a partial batch."""
+        ...
+
+    def render(self, request: GenerationRequest) -> str:
+        """The exact text the model sees for ``request`` (chat template applied)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and memory."""
+        ...
+
+
+def render_plain(request: GenerationRequest) -> str:
+    """A template-free rendering for engines without a tokenizer (the scripted engine, logs).
+
+    Chat turns become ``<|role|>\\ncontent`` blocks; this is only ever shown to test responders and
+    humans, never to a real model.
+    """
+    if request.prompt is not None:
+        return request.prompt + request.assistant_prefix
+    parts = [f"<|{m['role']}|>\n{m['content']}" for m in request.messages or ()]
+    parts.append("<|assistant|>\n" + request.assistant_prefix)
+    return "\n".join(parts)

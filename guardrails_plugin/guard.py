@@ -1,0 +1,258 @@
+"""Guard: the facade. Stage -> guard models -> engine -> verdicts -> policy -> Decision.
+
+Every check is async underneath and runs its engine work on the library's own loop thread
+(runtime.py); the sync methods wait for it, the async ones await it from any event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import GuardConfig, GuardModelConfig
+from .content import normalize_text
+from .engines import Engine, build_engine, engine_key
+from .errors import GuardConfigError, GuardEngineError, GuardTimeoutError
+from .models import GuardModel, get_model_class
+from .policy import Policy
+from .runtime import LoopThread, default_loop
+from .types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
+from .windowing import split_windows
+
+if TYPE_CHECKING:
+    from .monitor import ReasoningMonitor
+
+log = logging.getLogger("guardrails_plugin")
+
+DecisionHook = Callable[[GuardRequest, Decision], None]
+
+
+class Guard:
+    """Checks prompts, reasoning traces and responses with local guard models.
+
+    ``Guard(config, engine=...)``: ``engine`` overrides the configured engine of every guard model
+    (a ScriptedEngine in tests, a shared OpenAIEngine, ...).
+    """
+
+    def __init__(self, config: GuardConfig | None = None, *, engine: Engine | None = None):
+        self.config = config or GuardConfig()
+        self.policy = Policy(self.config)
+        self._engine_override = engine
+        self._models: dict[str, GuardModel] = {}
+        self._engines: dict[tuple[Any, ...], Engine] = {}
+        self._runtime: LoopThread = default_loop()
+        #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
+        self.hooks: list[DecisionHook] = []
+        for name in {g for sc in self.config.stages.values() for g in sc.guards}:
+            self.model(name)  # fail fast on unknown families / bad model dirs
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, path: str | Path, *, engine: Engine | None = None, **overrides: Any) -> Guard:
+        return cls(GuardConfig.from_yaml(path, **overrides), engine=engine)
+
+    @classmethod
+    def default(cls, *, engine: Engine | None = None) -> Guard:
+        """GuardReasoner-1B on prompts and responses, ReasoningShield-1B on reasoning."""
+        return cls(GuardConfig(), engine=engine)
+
+    def model(self, name: str) -> GuardModel:
+        """The adapter of the configured guard model ``name``."""
+        if name not in self._models:
+            try:
+                mc = self.config.models[name]
+            except KeyError:
+                raise GuardConfigError(f"no guard model named {name!r} in the config") from None
+            cls = get_model_class(mc.family)
+            model_dir = mc.model if mc.model and Path(mc.model).is_dir() else None
+            self._models[name] = cls(name, model_dir=model_dir, max_new_tokens=mc.max_new_tokens)
+        return self._models[name]
+
+    def engine(self, name: str) -> Engine:
+        """The engine that runs guard model ``name`` (built on first use, shared when identical)."""
+        if self._engine_override is not None:
+            return self._engine_override
+        mc = self.config.models[name]
+        model = self.model(name)
+        key = engine_key(mc, model)
+        if key not in self._engines:
+            self._engines[key] = build_engine(mc, model)
+        return self._engines[key]
+
+    # -- checks -------------------------------------------------------------------------------
+    def check(self, request: GuardRequest) -> Decision:
+        return self._runtime.run(self._acheck(request))
+
+    async def acheck(self, request: GuardRequest) -> Decision:
+        return await self._runtime.arun(self._acheck(request))
+
+    def check_prompt(self, text: Any, **kw: Any) -> Decision:
+        return self.check(self.request(Stage.PROMPT, prompt=text, **kw))
+
+    async def acheck_prompt(self, text: Any, **kw: Any) -> Decision:
+        return await self.acheck(self.request(Stage.PROMPT, prompt=text, **kw))
+
+    def check_reasoning(self, query: Any = "", reasoning: Any = "", **kw: Any) -> Decision:
+        return self.check(self.request(Stage.REASONING, prompt=query, reasoning=reasoning, **kw))
+
+    async def acheck_reasoning(self, query: Any = "", reasoning: Any = "", **kw: Any) -> Decision:
+        return await self.acheck(self.request(Stage.REASONING, prompt=query, reasoning=reasoning, **kw))
+
+    def check_response(self, prompt: Any = "", response: Any = "", **kw: Any) -> Decision:
+        return self.check(self.request(Stage.RESPONSE, prompt=prompt, response=response, **kw))
+
+    async def acheck_response(self, prompt: Any = "", response: Any = "", **kw: Any) -> Decision:
+        return await self.acheck(self.request(Stage.RESPONSE, prompt=prompt, response=response, **kw))
+
+    def request(
+        self,
+        stage: Stage,
+        *,
+        prompt: Any = "",
+        reasoning: Any = None,
+        response: Any = None,
+        request_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> GuardRequest:
+        """A GuardRequest from raw caller content (str, bytes, message lists), normalised.
+
+        Raises GuardInputError for content of a type no guard can judge."""
+        notes: list[str] = []
+        fields: dict[str, Any] = {}
+        for key, value in (("prompt", prompt), ("reasoning", reasoning), ("response", response)):
+            if value is None:
+                continue
+            t = normalize_text(value, what=key)
+            fields[key] = t.value
+            notes.extend(t.notes)
+        meta = dict(metadata or {})
+        if notes:
+            meta["input_notes"] = notes
+        extra = {"request_id": request_id} if request_id else {}
+        return GuardRequest(stage=stage, metadata=meta, **fields, **extra)
+
+    def reasoning_monitor(self, query: str = "", **kw: Any) -> ReasoningMonitor:
+        """A monitor fed with a streaming chain of thought (see monitor.py)."""
+        from .monitor import ReasoningMonitor
+
+        return ReasoningMonitor(self, query=query, **kw)
+
+    def stream_monitor(self, stage: Stage | str, query: str = "", **kw: Any) -> ReasoningMonitor:
+        """A monitor for any streamed stage (the answer: ``Stage.RESPONSE``, held back by default)."""
+        from .monitor import ReasoningMonitor
+
+        return ReasoningMonitor(self, query=query, stage=stage, **kw)
+
+    # -- internals ----------------------------------------------------------------------------
+    async def _acheck(self, request: GuardRequest) -> Decision:
+        start = time.perf_counter()
+        stage_cfg = self.config.stage(request.stage)
+        notes = list(request.metadata.get("input_notes", []))
+        unguarded = [n for n in notes if "not guarded" in n]
+        if not stage_cfg.enabled:
+            decision = Decision(
+                action=Action.ALLOW,
+                stage=request.stage,
+                text=request.target,
+                reason="stage_disabled",
+                request_id=request.request_id,
+                unguarded=unguarded,
+            )
+        elif not request.target.strip():
+            decision = self.policy.empty(request, unguarded=unguarded)
+        else:
+            results = await asyncio.gather(
+                *(self._run_model(name, request) for name in stage_cfg.guards)
+            )
+            verdicts = [v for vs in results for v in vs]
+            decision = self.policy.decide(
+                request,
+                verdicts,
+                latency_ms=(time.perf_counter() - start) * 1e3,
+                unguarded=unguarded,
+            )
+        self._emit(request, decision)
+        return decision
+
+    async def _run_model(self, name: str, request: GuardRequest) -> list[Verdict]:
+        """Verdicts of one guard model on ``request``: one per window of the judged text."""
+        model = self.model(name)
+        mc: GuardModelConfig = self.config.models[name]
+        text = request.target
+        spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
+        try:
+            inputs = [model.build_input(request.with_target(text[s:e])) for s, e in spans]
+        except Exception as exc:  # an adapter that cannot build an input must not crash the check
+            log.exception("guard %s could not build its input", name)
+            return [self._failure(name, request.stage, FailureKind.BAD_INPUT, repr(exc))]
+        start = time.perf_counter()
+        try:
+            engine = self.engine(name)
+            completions = await asyncio.wait_for(
+                engine.generate(inputs, timeout=mc.timeout_s), timeout=mc.timeout_s
+            )
+        except (asyncio.TimeoutError, GuardTimeoutError) as exc:
+            return [self._failure(name, request.stage, FailureKind.TIMEOUT, f"deadline {mc.timeout_s}s: {exc}")]
+        except GuardEngineError as exc:
+            kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
+            return [self._failure(name, request.stage, kind, str(exc))]
+        except Exception as exc:  # any engine bug is an engine failure, never an unhandled error
+            log.exception("engine for %s failed", name)
+            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
+        latency_ms = (time.perf_counter() - start) * 1e3
+        if len(completions) != len(inputs):
+            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
+                                  f"engine returned {len(completions)} completions for {len(inputs)} inputs")]
+        verdicts = []
+        for (s, e), completion in zip(spans, completions):
+            v = model.parse(completion, request.stage)
+            verdicts.append(
+                v.model_copy(update={"latency_ms": latency_ms, "window": (s, e), "stage": request.stage})
+            )
+        return verdicts
+
+    @staticmethod
+    def _failure(name: str, stage: Stage, kind: FailureKind, why: str) -> Verdict:
+        return Verdict(
+            guard=name, stage=stage, risk=1.0, parse_ok=kind is not FailureKind.UNPARSEABLE,
+            parse_error=why, failure=kind,
+        )
+
+    def _emit(self, request: GuardRequest, decision: Decision) -> None:
+        for hook in list(self.hooks):
+            try:
+                hook(request, decision)
+            except Exception:  # observers must never change or break a decision
+                log.exception("decision hook %r failed", hook)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def _aclose(self) -> None:
+        engines = [self._engine_override] if self._engine_override else list(self._engines.values())
+        for e in engines:
+            try:
+                await e.aclose()
+            except Exception:
+                log.exception("closing engine %s failed", getattr(e, "name", e))
+        self._engines.clear()
+
+    def close(self) -> None:
+        self._runtime.run(self._aclose())
+
+    async def aclose(self) -> None:
+        await self._runtime.arun(self._aclose())
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

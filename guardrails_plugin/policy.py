@@ -1,0 +1,144 @@
+"""Policy: folds a stage's verdicts into one Decision.
+
+Order of precedence, most severe first:
+1. a real verdict at or above the block threshold -> the flagged action (BLOCK by default, or a
+   per-category override such as INF -> REDACT; the most severe override wins);
+2. a guard that could not answer (engine error, timeout, unparseable) -> the stage's fail mode:
+   closed -> BLOCK with a reason naming the failure; open -> allow with ``degraded=True``;
+3. a real verdict in the escalate band [escalate_threshold, block_threshold) -> ESCALATE;
+4. otherwise ALLOW.
+"""
+
+from __future__ import annotations
+
+from .config import GuardConfig
+from .types import Action, Decision, FailureKind, GuardRequest, Verdict
+from .windowing import Span, redact_spans
+
+_SEVERITY = {Action.ALLOW: 0, Action.REDACT: 1, Action.ESCALATE: 2, Action.BLOCK: 3}
+
+FAILURE_REASONS = {
+    FailureKind.ENGINE_ERROR: "guard_unavailable",
+    FailureKind.TIMEOUT: "guard_timeout",
+    FailureKind.UNPARSEABLE: "guard_unparseable",
+    FailureKind.CIRCUIT_OPEN: "guard_unavailable: circuit open",
+    FailureKind.BAD_INPUT: "guard_bad_input",
+}
+
+
+class Policy:
+    """Thresholds, per-category actions and fail modes from a GuardConfig."""
+
+    def __init__(self, config: GuardConfig):
+        self.config = config
+
+    def decide(
+        self,
+        request: GuardRequest,
+        verdicts: list[Verdict],
+        *,
+        latency_ms: float = 0.0,
+        unguarded: list[str] | None = None,
+    ) -> Decision:
+        cfg = self.config
+        stage = request.stage
+        text = request.target
+        threshold = cfg.threshold(stage)
+        ok = [v for v in verdicts if v.ok]
+        failed = [v for v in verdicts if not v.ok]
+        worst = max(ok, key=lambda v: v.risk, default=None)
+        risk = worst.risk if worst else 0.0
+        flagged = [v for v in ok if v.risk >= threshold]
+        categories = sorted({c for v in (flagged or ok) for c in v.categories})
+        common = dict(
+            stage=stage,
+            verdicts=verdicts,
+            risk=risk,
+            categories=categories,
+            request_id=request.request_id,
+            latency_ms=latency_ms,
+            unguarded=list(unguarded or []),
+        )
+
+        if flagged:
+            action = self._flagged_action(flagged)
+            top = max(flagged, key=lambda v: v.risk)
+            reason = f"risk {top.risk:.2f} >= {threshold:.2f} ({top.guard})"
+            if top.categories:
+                reason += f" [{', '.join(top.categories)}]"
+            return Decision(action=action, text=self._text_for(action, text, flagged), reason=reason, **common)
+
+        if failed or not verdicts:
+            kind = failed[0].failure if failed else FailureKind.ENGINE_ERROR
+            kind = kind or FailureKind.UNPARSEABLE
+            why = FAILURE_REASONS[kind]
+            detail = (failed[0].parse_error if failed else None) or ""
+            if cfg.fail_mode_for(stage) == "closed":
+                return Decision(
+                    action=Action.BLOCK,
+                    text=cfg.refusal_message,
+                    reason=why + (f": {detail}" if detail else ""),
+                    failure=kind,
+                    **common,
+                )
+            # Fail-open: let the text through, say loudly that nothing judged it.
+            return Decision(
+                action=Action.ALLOW,
+                text=text,
+                reason=f"{why} (fail-open)",
+                degraded=True,
+                failure=kind,
+                **common,
+            )
+
+        escalate_at = cfg.escalate_at(stage)
+        if escalate_at is not None and risk >= escalate_at:
+            assert worst is not None
+            hold = cfg.escalation_hold
+            return Decision(
+                action=Action.ESCALATE,
+                text=cfg.refusal_message if hold else text,
+                reason=f"risk {risk:.2f} in escalate band [{escalate_at:.2f}, {threshold:.2f}) "
+                f"({worst.guard})",
+                hold=hold,
+                **common,
+            )
+
+        reason = f"risk {risk:.2f} < {threshold:.2f}" + (f" ({worst.guard})" if worst else "")
+        return Decision(action=Action.ALLOW, text=text, reason=reason, **common)
+
+    def _flagged_action(self, flagged: list[Verdict]) -> Action:
+        default = self.config.stage(flagged[0].stage).flagged_action
+        overrides = self.config.category_actions
+        actions: list[Action] = []
+        for v in flagged:
+            cats = [c for c in v.categories if c in overrides]
+            if cats:
+                actions.extend(overrides[c] for c in cats)
+                if any(c not in overrides for c in v.categories):
+                    actions.append(default)
+            else:
+                actions.append(default)
+        return max(actions, key=_SEVERITY.__getitem__)
+
+    def _text_for(self, action: Action, text: str, flagged: list[Verdict]) -> str:
+        cfg = self.config
+        if action is Action.REDACT:
+            spans: list[Span] = [v.window or (0, len(text)) for v in flagged]
+            return redact_spans(text, spans, cfg.redact_placeholder)
+        if action is Action.ALLOW:
+            return text
+        if action is Action.ESCALATE and not cfg.escalation_hold:
+            return text
+        return cfg.refusal_message
+
+    def empty(self, request: GuardRequest, *, unguarded: list[str] | None = None) -> Decision:
+        """The decision for a text with nothing to judge (empty or whitespace only)."""
+        return Decision(
+            action=Action.ALLOW,
+            stage=request.stage,
+            text=request.target,
+            reason="empty_text: nothing to check",
+            request_id=request.request_id,
+            unguarded=list(unguarded or []),
+        )

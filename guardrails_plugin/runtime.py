@@ -1,0 +1,80 @@
+"""One background event loop that owns all engine work.
+
+Engines hold loop-bound state (httpx clients, micro-batching queues). Running every engine call on
+one private loop thread makes them safe to use from sync code, from any number of user event loops
+(a LangChain callback, a LiteLLM proxy, a notebook), and from several threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """A daemon thread running an asyncio loop; submit coroutines from anywhere."""
+
+    def __init__(self, name: str = "guardrails-plugin-loop"):
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        self._ready.set()
+        loop.run_forever()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop thread and wait (for sync callers)."""
+        if self.in_loop():
+            coro.close()
+            raise RuntimeError("LoopThread.run called from its own loop; await the coroutine instead")
+        return self.submit(coro).result(timeout)
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the loop thread from any event loop."""
+        if self.in_loop():
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def in_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def stop(self) -> None:
+        if self._loop and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+_default: LoopThread | None = None
+_lock = threading.Lock()
+
+
+def default_loop() -> LoopThread:
+    """The process-wide engine loop, started on first use."""
+    global _default
+    with _lock:
+        if _default is None:
+            _default = LoopThread()
+            atexit.register(_default.stop)
+        return _default

@@ -1,0 +1,142 @@
+"""Typed values that cross the library's seams: stages, actions, verdicts, decisions, requests.
+
+All are pydantic v2 models (or str enums) so they serialise to JSON for audit logs, HTTP bodies
+and the CLI without custom encoders.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Stage(str, Enum):
+    """Where in an agent's turn the checked text comes from."""
+
+    PROMPT = "prompt"  #: the user's input, before the model runs
+    REASONING = "reasoning"  #: the model's chain of thought (possibly streaming)
+    RESPONSE = "response"  #: the final answer, before the user sees it
+
+    def __str__(self) -> str:  # "prompt", not "Stage.PROMPT", in messages and logs
+        return self.value
+
+
+class Action(str, Enum):
+    """What the policy decided to do with the checked text."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    REDACT = "redact"
+    ESCALATE = "escalate"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class FailureKind(str, Enum):
+    """Why a guard could not give a verdict. Carried on Verdict and Decision so callers can tell
+    a real judgement from a fail-mode outcome."""
+
+    ENGINE_ERROR = "engine_error"  #: the engine raised (down, reset, HTTP 5xx, bad reply)
+    TIMEOUT = "timeout"  #: the per-call deadline passed
+    UNPARSEABLE = "unparseable"  #: the guard answered but not in its protocol's format
+    CIRCUIT_OPEN = "circuit_open"  #: the engine's circuit breaker refused the call
+    BAD_INPUT = "bad_input"  #: the content could not be turned into a guard input
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class GuardRequest(BaseModel):
+    """One thing to check. Which fields matter depends on the stage:
+
+    * ``prompt`` stage: ``prompt`` is the user's text.
+    * ``reasoning`` stage: ``prompt`` is the user's query, ``reasoning`` the chain of thought.
+    * ``response`` stage: ``prompt`` is the user's query, ``response`` the answer.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Stage
+    prompt: str = Field("", description="User text (the query for reasoning/response checks).")
+    reasoning: str | None = Field(None, description="Chain of thought, for the reasoning stage.")
+    response: str | None = Field(None, description="Model answer, for the response stage.")
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="Correlation id.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Free-form, copied to audit.")
+
+    @property
+    def target(self) -> str:
+        """The text this stage judges (the one windowing splits and redaction edits)."""
+        if self.stage is Stage.PROMPT:
+            return self.prompt
+        if self.stage is Stage.REASONING:
+            return self.reasoning or ""
+        return self.response or ""
+
+    def with_target(self, text: str) -> GuardRequest:
+        """A copy with the judged text replaced (used for windows of a long text)."""
+        field = {Stage.PROMPT: "prompt", Stage.REASONING: "reasoning", Stage.RESPONSE: "response"}
+        return self.model_copy(update={field[self.stage]: text})
+
+
+class Verdict(BaseModel):
+    """One guard model's judgement of one text (or one window of it)."""
+
+    guard: str = Field(description="Guard model name, e.g. 'ReasoningShield-1B'.")
+    stage: Stage
+    risk: float = Field(ge=0.0, le=1.0, description="Normalised risk, 0.0 safe .. 1.0 harmful.")
+    harmful: bool | None = Field(None, description="The guard's own binary call, None if unknown.")
+    categories: list[str] = Field(default_factory=list, description="Risk categories, if given.")
+    label: str | None = Field(None, description="The model's own label ('1', 'harmful', 'VIO').")
+    refusal: bool | None = Field(None, description="GuardReasoner's Completion field.")
+    rationale: str | None = Field(None, description="The guard's reasoning / analysis text.")
+    raw_output: str = Field("", description="The guard's completion, verbatim.")
+    parse_ok: bool = True
+    parse_error: str | None = Field(None, description="Why parsing failed, when parse_ok=False.")
+    failure: FailureKind | None = Field(None, description="Set when no real verdict was obtained.")
+    latency_ms: float = 0.0
+    window: tuple[int, int] | None = Field(
+        None, description="Character span of the judged text this verdict covers (windowing)."
+    )
+
+    @property
+    def ok(self) -> bool:
+        """True when this is a real judgement (parsed, no engine failure)."""
+        return self.parse_ok and self.failure is None
+
+
+class Decision(BaseModel):
+    """What the policy made of a stage's verdicts."""
+
+    action: Action
+    stage: Stage
+    text: str = Field(description="What may be shown: the original, a redaction, or the refusal.")
+    reason: str = Field(description="Why, e.g. 'risk 1.00 >= 0.40 (ReasoningShield-1B)'.")
+    verdicts: list[Verdict] = Field(default_factory=list)
+    risk: float = Field(0.0, ge=0.0, le=1.0, description="Worst risk over the verdicts.")
+    categories: list[str] = Field(default_factory=list)
+    degraded: bool = Field(False, description="Fail-open let content through without a verdict.")
+    failure: FailureKind | None = Field(None, description="Set when the fail mode decided.")
+    hold: bool = Field(False, description="ESCALATE that holds the content until reviewed.")
+    request_id: str = ""
+    latency_ms: float = 0.0
+    unguarded: list[str] = Field(
+        default_factory=list,
+        description="Parts of the input that were not checked (e.g. image parts of a message).",
+    )
+
+    @property
+    def blocked(self) -> bool:
+        """True when the content must not be shown as is (BLOCK, or a held ESCALATE)."""
+        return self.action is Action.BLOCK or (self.action is Action.ESCALATE and self.hold)
+
+    def raise_for_action(self) -> Decision:
+        """Raise GuardrailViolation on BLOCK (and on a held ESCALATE); return self otherwise."""
+        if self.blocked:
+            from .errors import GuardrailViolation
+
+            raise GuardrailViolation(self)
+        return self
