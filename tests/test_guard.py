@@ -1,0 +1,172 @@
+"""Guard facade with a ScriptedEngine (canned guard outputs; it judges nothing itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, GuardConfigError, Stage
+from guardrails_plugin.config import GuardModelConfig, StageConfig
+from guardrails_plugin.engines import ScriptedEngine
+
+GR_HARMFUL = "# Task 1\n...\nAnswers: \nRequest: harmful\nCompletion: compliance\nResponse: harmful\n"
+GR_SAFE = "# Task 1\n...\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n"
+
+
+def marker_responder(marker: str = "MARKER"):
+    """GuardReasoner / ReasoningShield / FlexGuard style output: harmful iff the judged text has the marker."""
+
+    def respond(rendered: str) -> str:
+        if "Human user:" in rendered:
+            judged = rendered.split("Human user:\n", 1)[1]
+            return GR_HARMFUL if marker in judged else GR_SAFE
+        if "Thought: " in rendered:
+            return '"Analysis": ok\n"Judgment": ' + ("1" if marker in rendered.split("Thought: ", 1)[1] else "0")
+        body = rendered.split("[User]: ", 1)[-1]
+        return "<think>\nstep1\n</think>\n" + ("VIO\n90" if marker in body else "SAFE\n5")
+
+    return respond
+
+
+@pytest.fixture
+def guard() -> Guard:
+    return Guard(engine=ScriptedEngine(marker_responder()))
+
+
+def test_three_stages_route_to_their_guards(guard: Guard) -> None:
+    assert guard.check_prompt("hello").action is Action.ALLOW
+    d = guard.check_prompt("MARKER please")
+    assert d.action is Action.BLOCK and d.verdicts[0].guard == "GuardReasoner-1B" and d.verdicts[0].label == "harmful"
+    d = guard.check_reasoning(query="q", reasoning="thinking about MARKER")
+    assert d.action is Action.BLOCK and d.verdicts[0].guard == "ReasoningShield-1B"
+    d = guard.check_response(prompt="q", response="fine answer")
+    assert d.action is Action.ALLOW and d.text == "fine answer"
+
+
+def test_prompt_only_check_sends_none_response(guard: Guard) -> None:
+    engine = guard.engine("GuardReasoner-1B")
+    guard.check_prompt("hello there")
+    assert engine.prompts[-1].endswith("Human user:\nhello there\n\nAI assistant:\nNone\n\n")
+
+
+def test_windowing_flags_only_the_tail() -> None:
+    cfg = GuardConfig(models={
+        "GuardReasoner-1B": GuardModelConfig(family="guardreasoner", max_input_chars=1000, window_overlap_chars=100),
+        "ReasoningShield-1B": GuardModelConfig(family="reasoningshield"),
+    })
+    engine = ScriptedEngine(marker_responder())
+    guard = Guard(cfg, engine=engine)
+    text = ("benign words here. " * 300) + "MARKER at the very end"
+    d = guard.check_response(prompt="q", response=text)
+    assert d.action is Action.BLOCK
+    windows = [v.window for v in d.verdicts]
+    assert len(windows) == len(engine.prompts) > 5
+    assert windows[0][0] == 0 and windows[-1][1] == len(text)
+    flagged = [v for v in d.verdicts if v.risk == 1.0]
+    assert len(flagged) == 1 and flagged[0].window == windows[-1]
+    assert engine.calls == 1  # all windows went to the engine as one batch
+
+
+def test_several_guards_per_stage_run_concurrently() -> None:
+    cfg = GuardConfig(
+        models={
+            "GuardReasoner-1B": GuardModelConfig(family="guardreasoner"),
+            "ReasoningShield-1B": GuardModelConfig(family="reasoningshield"),
+            "FlexGuard": GuardModelConfig(family="flexguard"),
+        },
+        stages={"prompt": StageConfig(guards=["GuardReasoner-1B", "FlexGuard"])},
+    )
+    guard = Guard(cfg, engine=ScriptedEngine(marker_responder(), latency_s=0.3))
+    t0 = time.perf_counter()
+    d = guard.check_prompt("MARKER")
+    elapsed = time.perf_counter() - t0
+    assert {v.guard for v in d.verdicts} == {"GuardReasoner-1B", "FlexGuard"}
+    assert d.categories == ["VIO"]
+    assert elapsed < 0.55  # two 0.3 s guards in parallel, not 0.6 s in series
+
+
+def test_engine_exception_fails_closed_and_open() -> None:
+    def boom(_: str) -> str:
+        raise ConnectionError("engine down")
+
+    d = Guard(engine=ScriptedEngine(boom)).check_prompt("hello")
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR and d.reason.startswith("guard_unavailable")
+    d = Guard(GuardConfig(fail_mode="open"), engine=ScriptedEngine(boom)).check_prompt("hello")
+    assert d.action is Action.ALLOW and d.degraded
+
+
+def test_deadline_fails_closed_with_timeout_reason() -> None:
+    cfg = GuardConfig(models={
+        "GuardReasoner-1B": GuardModelConfig(family="guardreasoner", timeout_s=0.2),
+        "ReasoningShield-1B": GuardModelConfig(family="reasoningshield"),
+    })
+    guard = Guard(cfg, engine=ScriptedEngine(marker_responder(), latency_s=5))
+    t0 = time.perf_counter()
+    d = guard.check_prompt("hello")
+    assert time.perf_counter() - t0 < 0.2 * 1.1 + 0.3
+    assert d.action is Action.BLOCK and d.failure is FailureKind.TIMEOUT and d.reason.startswith("guard_timeout")
+
+
+def test_unparseable_guard_output_fails_closed(guard: Guard) -> None:
+    g = Guard(engine=ScriptedEngine(["I am not sure."]))
+    d = g.check_response(prompt="q", response="a")
+    assert d.action is Action.BLOCK and d.failure is FailureKind.UNPARSEABLE and d.reason.startswith("guard_unparseable")
+
+
+def test_hooks_see_every_decision_and_cannot_break_it(guard: Guard) -> None:
+    seen = []
+    guard.hooks.append(lambda req, d: seen.append((req.stage, d.action)))
+    guard.hooks.append(lambda req, d: 1 / 0)
+    assert guard.check_prompt("hi").action is Action.ALLOW
+    assert seen == [(Stage.PROMPT, Action.ALLOW)]
+
+
+async def test_async_twins_and_sync_calls_inside_a_running_loop(guard: Guard) -> None:
+    results = await asyncio.gather(*(guard.acheck_prompt(f"text {i} MARKER" if i % 2 else f"text {i}") for i in range(10)))
+    assert [r.action for r in results] == [Action.ALLOW, Action.BLOCK] * 5
+    # a sync call from inside a running loop (e.g. a sync callback in an async app) still works
+    assert guard.check_response(prompt="q", response="ok").action is Action.ALLOW
+    assert (await guard.acheck_reasoning(query="q", reasoning="MARKER")).blocked
+
+
+def test_from_config_yaml_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = tmp_path / "guard.yaml"
+    p.write_text(
+        "strictness: strict\n"
+        "models:\n  FG:\n    family: flexguard\n    model: /nonexistent/flexguard\n"
+        "  GuardReasoner-1B:\n    family: guardreasoner\n  ReasoningShield-1B:\n    family: reasoningshield\n"
+        "stages:\n  response:\n    guards: [FG]\n    fail_mode: open\n"
+    )
+    guard = Guard.from_config(p, engine=ScriptedEngine(marker_responder()))
+    assert guard.config.threshold(Stage.RESPONSE) == 0.2
+    assert guard.config.fail_mode_for(Stage.RESPONSE) == "open"
+    assert guard.config.stage(Stage.PROMPT).guards == ["GuardReasoner-1B"]  # untouched stage keeps defaults
+    d = guard.check_response(prompt="q", response="MARKER")
+    assert d.action is Action.BLOCK and d.verdicts[0].guard == "FG" and d.risk == 0.9
+    monkeypatch.setenv("GUARDRAILS_PLUGIN_STRICTNESS", "loose")
+    assert GuardConfig().threshold(Stage.PROMPT) == 0.6
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    ["strictness: extreme\n", "stages:\n  prompt:\n    guards: [Nope]\n", "- a list\n", "models: {X: {family: llamaguard}}\n"],
+)
+def test_bad_config_is_a_typed_error(tmp_path: Path, yaml_text: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(GuardConfigError):
+        Guard.from_config(p)
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(GuardConfigError, match="not found"):
+        Guard.from_config("/nonexistent/guard.yaml")
+
+
+def test_disabled_stage_allows_explicitly() -> None:
+    cfg = GuardConfig(stages={"prompt": StageConfig(enabled=False)})
+    d = Guard(cfg, engine=ScriptedEngine(marker_responder())).check_prompt("MARKER")
+    assert d.action is Action.ALLOW and d.reason == "stage_disabled"

@@ -1,0 +1,108 @@
+"""Policy: thresholds, escalation band, category overrides, redaction, fail modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from guardrails_plugin import Action, FailureKind, GuardConfig, GuardRequest, Stage, Verdict
+from guardrails_plugin.config import StageConfig
+from guardrails_plugin.policy import Policy
+
+
+def v(risk: float, *, guard: str = "g", cats: list[str] | None = None, ok: bool = True,
+      failure: FailureKind | None = None, window: tuple[int, int] | None = None) -> Verdict:
+    return Verdict(guard=guard, stage=Stage.RESPONSE, risk=risk, categories=cats or [], parse_ok=ok,
+                   failure=failure, window=window)
+
+
+REQ = GuardRequest(stage=Stage.RESPONSE, prompt="q", response="the answer text")
+
+
+@pytest.mark.parametrize(
+    ("strictness", "risk", "action"),
+    [
+        ("strict", 0.19, Action.ALLOW), ("strict", 0.2, Action.BLOCK),
+        ("moderate", 0.39, Action.ALLOW), ("moderate", 0.4, Action.BLOCK),
+        ("loose", 0.5, Action.ALLOW), ("loose", 0.6, Action.BLOCK),
+    ],
+)
+def test_strictness_presets(strictness: str, risk: float, action: Action) -> None:
+    d = Policy(GuardConfig(strictness=strictness)).decide(REQ, [v(risk)])
+    assert d.action is action
+    assert d.risk == pytest.approx(risk)
+    assert d.text == ("the answer text" if action is Action.ALLOW else "I can't help with that.")
+
+
+def test_worst_verdict_wins_and_reason_names_guard() -> None:
+    d = Policy(GuardConfig()).decide(REQ, [v(0.0, guard="a"), v(1.0, guard="b")])
+    assert d.action is Action.BLOCK
+    assert d.reason == "risk 1.00 >= 0.40 (b)"
+
+
+def test_escalate_band_allow_or_hold() -> None:
+    cfg = GuardConfig(strictness="loose", escalate_threshold=0.5)
+    d = Policy(cfg).decide(REQ, [v(0.5)])
+    assert d.action is Action.ESCALATE and not d.hold and not d.blocked
+    assert d.text == "the answer text"
+    held = Policy(GuardConfig(strictness="loose", escalate_threshold=0.5, escalation_hold=True)).decide(REQ, [v(0.5)])
+    assert held.action is Action.ESCALATE and held.hold and held.blocked
+    assert held.text == "I can't help with that."
+    assert Policy(cfg).decide(REQ, [v(0.4)]).action is Action.ALLOW
+
+
+def test_category_override_redacts_and_most_severe_wins() -> None:
+    cfg = GuardConfig(category_actions={"INF": Action.REDACT}, redact_placeholder="[X]")
+    pol = Policy(cfg)
+    d = pol.decide(REQ, [v(0.9, cats=["INF"])])
+    assert d.action is Action.REDACT and d.text == "[X]"
+    d2 = pol.decide(REQ, [v(0.9, cats=["INF", "VIO"])])
+    assert d2.action is Action.BLOCK
+
+
+def test_redaction_replaces_only_flagged_windows() -> None:
+    req = GuardRequest(stage=Stage.RESPONSE, prompt="q", response="aaaa bbbb cccc")
+    cfg = GuardConfig(category_actions={"INF": Action.REDACT}, redact_placeholder="#")
+    d = Policy(cfg).decide(req, [v(0.0, window=(0, 5)), v(0.9, cats=["INF"], window=(5, 10)), v(0.0, window=(10, 14))])
+    assert d.action is Action.REDACT
+    assert d.text == "aaaa #cccc"
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [(FailureKind.ENGINE_ERROR, "guard_unavailable"), (FailureKind.TIMEOUT, "guard_timeout"),
+     (FailureKind.UNPARSEABLE, "guard_unparseable")],
+)
+def test_fail_closed_blocks_with_reason(failure: FailureKind, reason: str) -> None:
+    d = Policy(GuardConfig()).decide(REQ, [v(1.0, ok=failure is not FailureKind.UNPARSEABLE, failure=failure)])
+    assert d.action is Action.BLOCK and d.failure is failure and d.reason.startswith(reason)
+    assert not d.degraded
+
+
+def test_fail_open_is_degraded_allow_per_stage() -> None:
+    cfg = GuardConfig(stages={"response": StageConfig(guards=["GuardReasoner-1B"], fail_mode="open")})
+    d = Policy(cfg).decide(REQ, [v(1.0, failure=FailureKind.ENGINE_ERROR)])
+    assert d.action is Action.ALLOW and d.degraded and d.failure is FailureKind.ENGINE_ERROR
+    # the prompt stage keeps the global fail-closed default
+    preq = GuardRequest(stage=Stage.PROMPT, prompt="x")
+    assert Policy(cfg).decide(preq, [Verdict(guard="g", stage=Stage.PROMPT, risk=1.0, failure=FailureKind.TIMEOUT)]).action is Action.BLOCK
+
+
+def test_real_block_beats_fail_open() -> None:
+    cfg = GuardConfig(fail_mode="open")
+    d = Policy(cfg).decide(REQ, [v(1.0, failure=FailureKind.TIMEOUT), v(0.9, guard="ok")])
+    assert d.action is Action.BLOCK and not d.degraded
+
+
+def test_no_verdicts_is_a_failure_not_an_allow() -> None:
+    assert Policy(GuardConfig()).decide(REQ, []).action is Action.BLOCK
+
+
+def test_decision_json_roundtrip_and_raise() -> None:
+    from guardrails_plugin import Decision, GuardrailViolation
+
+    d = Policy(GuardConfig()).decide(REQ, [v(1.0, cats=["VIO"])])
+    again = Decision.model_validate_json(d.model_dump_json())
+    assert again == d
+    with pytest.raises(GuardrailViolation) as ei:
+        d.raise_for_action()
+    assert ei.value.decision is d

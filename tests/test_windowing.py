@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardrails_plugin.windowing import merge_spans, redact_spans, split_windows
+
+
+@given(st.text(max_size=3000), st.integers(20, 500), st.integers(0, 19))
+def test_windows_cover_every_char_and_respect_budget(text: str, max_chars: int, overlap: int) -> None:
+    spans = split_windows(text, max_chars, overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+        assert s2 < e1 or e1 == s2  # contiguous or overlapping: no gap
+        assert s2 > s1  # progress
+    assert all(e - s <= max_chars for s, e in spans)
+
+
+def test_overlap_keeps_a_straddling_phrase_whole() -> None:
+    text = "a" * 95 + " harmful phrase " + "b" * 100
+    spans = split_windows(text, 100, 30)
+    assert any("harmful phrase" in text[s:e] for s, e in spans)
+
+
+def test_bad_args() -> None:
+    with pytest.raises(ValueError):
+        split_windows("x", 10, 10)
+
+
+def test_merge_and_redact() -> None:
+    assert merge_spans([(5, 8), (0, 3), (2, 4)]) == [(0, 4), (5, 8)]
+    assert redact_spans("0123456789", [(2, 4), (3, 6)], "*") == "01*6789"
