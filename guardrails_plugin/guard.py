@@ -13,10 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .audit import Auditor, AuditWriteError, auditor_from_config
+from .circuit import BreakerEngine, CircuitBreaker
 from .config import GuardConfig, GuardModelConfig
 from .content import normalize_text
 from .engines import Engine, build_engine, engine_key
-from .errors import GuardConfigError, GuardEngineError, GuardTimeoutError
+from .errors import GuardConfigError, GuardEngineError, GuardInputError, GuardTimeoutError
 from .models import GuardModel, get_model_class
 from .policy import Policy
 from .runtime import LoopThread, default_loop
@@ -44,11 +46,22 @@ class Guard:
         self._engine_override = engine
         self._models: dict[str, GuardModel] = {}
         self._engines: dict[tuple[Any, ...], Engine] = {}
+        self._override: Engine | None = None  # the override, wrapped in its circuit breaker
         self._runtime: LoopThread = default_loop()
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
         self.hooks: list[DecisionHook] = []
-        for name in {g for sc in self.config.stages.values() for g in sc.guards}:
-            self.model(name)  # fail fast on unknown families / bad model dirs
+        for stage, sc in self.config.stages.items():
+            for name in sc.guards:
+                model = self.model(name)  # fail fast on unknown families / bad model dirs
+                if stage not in model.stages:
+                    raise GuardConfigError(
+                        f"guard model {name!r} ({model.family}) cannot judge the {stage} stage; "
+                        f"it judges {sorted(str(s) for s in model.stages)}"
+                    )
+        #: the audit hook built from config.audit (audit.py); the Guard owns and closes it
+        self.auditor: Auditor | None = None
+        if self.config.audit:
+            self.auditor = auditor_from_config(self, self.config.audit)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -73,15 +86,33 @@ class Guard:
         return self._models[name]
 
     def engine(self, name: str) -> Engine:
-        """The engine that runs guard model ``name`` (built on first use, shared when identical)."""
+        """The engine that runs guard model ``name`` (built on first use, shared when identical).
+
+        With ``config.circuit.enabled`` (the default) it is a ``BreakerEngine``: ``generate`` goes
+        through the engine's circuit breaker, everything else is delegated (``.inner`` is the
+        engine itself)."""
         if self._engine_override is not None:
-            return self._engine_override
+            if self._override is None:
+                self._override = self._with_breaker(self._engine_override)
+            return self._override
         mc = self.config.models[name]
         model = self.model(name)
         key = engine_key(mc, model)
         if key not in self._engines:
-            self._engines[key] = build_engine(mc, model)
+            self._engines[key] = self._with_breaker(build_engine(mc, model))
         return self._engines[key]
+
+    def _with_breaker(self, engine: Engine) -> Engine:
+        cc = self.config.circuit
+        if not cc.enabled:
+            return engine
+        name = getattr(engine, "name", type(engine).__name__)
+        return BreakerEngine(engine, CircuitBreaker.from_config(name, cc))  # type: ignore[return-value]
+
+    def circuit_breakers(self) -> list[CircuitBreaker]:
+        """The circuit breakers of the engines built so far (metrics read their state)."""
+        engines = [self._override] if self._override is not None else list(self._engines.values())
+        return [e.breaker for e in engines if isinstance(e, BreakerEngine)]
 
     # -- checks -------------------------------------------------------------------------------
     def check(self, request: GuardRequest) -> Decision:
@@ -123,8 +154,11 @@ class Guard:
         Raises GuardInputError for content of a type no guard can judge."""
         notes: list[str] = []
         fields: dict[str, Any] = {}
+        judged = {Stage.PROMPT: "prompt", Stage.REASONING: "reasoning", Stage.RESPONSE: "response"}
         for key, value in (("prompt", prompt), ("reasoning", reasoning), ("response", response)):
             if value is None:
+                if key == judged[Stage(stage)]:  # a check of nothing is a caller bug, not an ALLOW
+                    raise GuardInputError(f"{key} to check is None")
                 continue
             t = normalize_text(value, what=key)
             fields[key] = t.value
@@ -204,12 +238,21 @@ class Guard:
             log.exception("engine for %s failed", name)
             return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
         latency_ms = (time.perf_counter() - start) * 1e3
-        if len(completions) != len(inputs):
+        if not isinstance(completions, (list, tuple)) or len(completions) != len(inputs):
+            n = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
             return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
-                                  f"engine returned {len(completions)} completions for {len(inputs)} inputs")]
+                                  f"engine returned {n} completions for {len(inputs)} inputs")]
+        if not all(isinstance(c, str) for c in completions):
+            bad = next(type(c).__name__ for c in completions if not isinstance(c, str))
+            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
+                                  f"engine returned a {bad} completion")]
         verdicts = []
         for (s, e), completion in zip(spans, completions):
-            v = model.parse(completion, request.stage)
+            try:
+                v = model.parse(completion, request.stage)
+            except Exception as exc:  # parsers never raise; if one does, it fails visibly
+                log.exception("guard %s parser raised", name)
+                v = model.unparseable(completion, request.stage, f"parser error: {exc!r}")
             verdicts.append(
                 v.model_copy(update={"latency_ms": latency_ms, "window": (s, e), "stage": request.stage})
             )
@@ -226,12 +269,17 @@ class Guard:
         for hook in list(self.hooks):
             try:
                 hook(request, decision)
+            except AuditWriteError:  # strict audit: a Decision not on record must not be returned
+                raise
             except Exception:  # observers must never change or break a decision
                 log.exception("decision hook %r failed", hook)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:
-        engines = [self._engine_override] if self._engine_override else list(self._engines.values())
+        if self._engine_override is not None:
+            engines = [self._override or self._engine_override]
+        else:
+            engines = list(self._engines.values())
         for e in engines:
             try:
                 await e.aclose()
@@ -241,9 +289,13 @@ class Guard:
 
     def close(self) -> None:
         self._runtime.run(self._aclose())
+        if self.auditor is not None:
+            self.auditor.close()  # drains queued audit records
 
     async def aclose(self) -> None:
         await self._runtime.arun(self._aclose())
+        if self.auditor is not None:
+            await asyncio.to_thread(self.auditor.close)
 
     def __enter__(self) -> Guard:
         return self

@@ -170,3 +170,9 @@ def test_disabled_stage_allows_explicitly() -> None:
     cfg = GuardConfig(stages={"prompt": StageConfig(enabled=False)})
     d = Guard(cfg, engine=ScriptedEngine(marker_responder())).check_prompt("MARKER")
     assert d.action is Action.ALLOW and d.reason == "stage_disabled"
+
+
+def test_guard_model_that_cannot_judge_a_stage_is_a_config_error() -> None:
+    cfg = GuardConfig(stages={"prompt": StageConfig(guards=["ReasoningShield-1B"])})
+    with pytest.raises(GuardConfigError, match="cannot judge the prompt stage"):
+        Guard(cfg, engine=ScriptedEngine(marker_responder()))
