@@ -1,0 +1,192 @@
+"""`guardrails-plugin escalations list | show | resolve`: the reviewer's side of the escalation queue.
+
+cli.py mounts ``escalations_app`` with ``app.add_typer(escalations_app, name="escalations")``.
+The store is ``--db`` (or ``$GUARDRAILS_PLUGIN_AUDIT_DB``, else ./guardrails_audit.db); a ``*.jsonl``
+path opens the JSONL sink. Exit codes: 0 ok, 1 no such store / escalation or already resolved,
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from .audit import (
+    STATUSES,
+    AuditError,
+    AuditStore,
+    Escalation,
+    EscalationAlreadyResolved,
+    EscalationNotFound,
+    default_path,
+    open_store,
+)
+
+escalations_app = typer.Typer(
+    name="escalations",
+    help="Review the escalation queue: list, show and resolve escalated decisions.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DbOption = typer.Option(None, "--db", envvar="GUARDRAILS_PLUGIN_AUDIT_DB",
+                        help="Audit store (SQLite file, or a *.jsonl path). Default: ./guardrails_audit.db")
+JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")
+
+
+def _console() -> Console:
+    return Console(soft_wrap=False)
+
+
+def _err(msg: str, code: int = 1) -> typer.Exit:
+    Console(stderr=True).print(f"[red]error:[/red] {msg}", highlight=False)
+    return typer.Exit(code)
+
+
+def _open(db: str | None) -> AuditStore:
+    try:
+        return open_store(db or default_path(), create=False)
+    except AuditError as exc:
+        raise _err(str(exc)) from None
+
+
+def _when(ts: float | None, short: bool = False) -> str:
+    if ts is None:
+        return "-"
+    fmt = "%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%SZ"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime(fmt)
+
+
+_STATUS_STYLE = {"pending": "yellow", "approved": "green", "rejected": "red"}
+
+
+@escalations_app.command("list")
+def list_cmd(
+    status: str = typer.Option("pending", "--status", "-s",
+                               help="pending | approved | rejected | all"),
+    db: str | None = DbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """List escalations (pending ones by default)."""
+    if status != "all" and status not in STATUSES:
+        raise _err(f"--status must be one of {', '.join(STATUSES)}, all; got {status!r}", 2)
+    store = _open(db)
+    try:
+        items = store.list_escalations(None if status == "all" else status)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([e.to_dict() for e in items], ensure_ascii=False, indent=2))
+        return
+    console = _console()
+    if not items:
+        console.print(f"no {'' if status == 'all' else status + ' '}escalations in {store.path}")
+        return
+    table = Table(title=f"Escalations ({status}) - {store.path}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1))
+    table.add_column("ID", justify="right", no_wrap=True)
+    for col in ("Time (UTC)", "Stage", "Risk", "Status", "Request"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("Cat.")
+    table.add_column("Reason", overflow="fold", ratio=1)
+    for e in items:
+        table.add_row(
+            str(e.id), _when(e.time, short=True), e.stage, f"{e.risk:.2f}",
+            f"[{_STATUS_STYLE.get(e.status, 'white')}]{e.status}[/]", e.request_id[:6],
+            ", ".join(e.categories) or "-", e.reason,
+        )
+    console.print(table)
+
+
+def _get(store: AuditStore, id: int) -> Escalation:
+    esc = store.get_escalation(id)
+    if esc is None:
+        raise _err(f"no escalation {id} in {store.path}")
+    return esc
+
+
+@escalations_app.command("show")
+def show_cmd(
+    id: int = typer.Argument(..., help="Escalation id (see `list`)."),
+    db: str | None = DbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show one escalation and the audit records of its request."""
+    store = _open(db)
+    try:
+        esc = _get(store, id)
+        records = store.records(request_id=esc.request_id)
+    finally:
+        store.close()
+    if as_json:
+        out: dict[str, Any] = esc.to_dict()
+        out["decisions"] = [r.to_dict() for r in records]
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    console = _console()
+    table = Table(title=f"Escalation {esc.id}", show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("status", f"[{_STATUS_STYLE.get(esc.status, 'white')}]{esc.status}[/]"),
+        ("request id", esc.request_id), ("time", _when(esc.time)), ("stage", esc.stage),
+        ("risk", f"{esc.risk:.2f}"), ("categories", ", ".join(esc.categories) or "-"),
+        ("reason", esc.reason), ("content sha256", esc.content_sha256),
+        ("content", esc.content if esc.content is not None else "[dim](not stored)[/dim]"),
+        ("resolver", esc.resolver or "-"), ("note", esc.note or "-"),
+        ("resolved at", _when(esc.resolved_at)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    if records:
+        dec = Table(title="Decisions of this request", title_justify="left")
+        for col in ("Time (UTC)", "Stage", "Action", "Risk", "Guards", "Latency ms", "Degraded"):
+            dec.add_column(col)
+        for r in records:
+            dec.add_row(_when(r.time), r.stage, r.action, f"{r.risk:.2f}", ", ".join(r.guards) or "-",
+                        f"{r.latency_ms:.1f}", "yes" if r.degraded else "no")
+        console.print(dec)
+
+
+@escalations_app.command("resolve")
+def resolve_cmd(
+    id: int = typer.Argument(..., help="Escalation id (see `list`)."),
+    approve: bool = typer.Option(False, "--approve", help="Release: the content was acceptable."),
+    reject: bool = typer.Option(False, "--reject", help="Confirm: the content must stay blocked."),
+    note: str | None = typer.Option(None, "--note", "-n", help="Reviewer's note."),
+    by: str | None = typer.Option(None, "--by", help="Reviewer (default: the OS user)."),
+    db: str | None = DbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Approve or reject a pending escalation (final: a resolved one cannot be resolved again)."""
+    if approve == reject:
+        raise _err("give exactly one of --approve / --reject", 2)
+    resolver = by
+    if resolver is None:
+        try:
+            resolver = getpass.getuser()
+        except Exception:  # no user name in some containers
+            resolver = "unknown"
+    store = _open(db)
+    try:
+        esc = store.resolve(id, approved=approve, resolver=resolver, note=note)
+    except EscalationNotFound:
+        raise _err(f"no escalation {id} in {store.path}") from None
+    except EscalationAlreadyResolved as exc:
+        raise _err(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(esc.to_dict(), ensure_ascii=False, indent=2))
+        return
+    style = _STATUS_STYLE[esc.status]
+    _console().print(f"escalation {esc.id}: [{style}]{esc.status}[/] by {esc.resolver}"
+                     + (f" ({esc.note})" if esc.note else ""))
