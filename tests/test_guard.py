@@ -176,3 +176,17 @@ def test_guard_model_that_cannot_judge_a_stage_is_a_config_error() -> None:
     cfg = GuardConfig(stages={"prompt": StageConfig(guards=["ReasoningShield-1B"])})
     with pytest.raises(GuardConfigError, match="cannot judge the prompt stage"):
         Guard(cfg, engine=ScriptedEngine(marker_responder()))
+
+
+def test_model_size_follows_the_guard_name_when_no_model_is_given() -> None:
+    from guardrails_plugin.engines import engine_key
+
+    cfg = GuardConfig(models={
+        "GuardReasoner-8B": GuardModelConfig(family="guardreasoner"),
+        "ReasoningShield-1B": GuardModelConfig(family="reasoningshield"),
+    }, stages={"prompt": StageConfig(guards=["GuardReasoner-8B"]), "response": StageConfig(guards=["GuardReasoner-8B"])})
+    guard = Guard(cfg, engine=ScriptedEngine(marker_responder()))
+    key = engine_key(cfg.models["GuardReasoner-8B"], guard.model("GuardReasoner-8B"))
+    assert key[1] == "yueliu1999/GuardReasoner-8B"
+    key = engine_key(cfg.models["ReasoningShield-1B"], guard.model("ReasoningShield-1B"))
+    assert key[1] == "ReasoningShield/ReasoningShield-1B"

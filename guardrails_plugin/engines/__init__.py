@@ -42,7 +42,15 @@ def __getattr__(name: str) -> Any:
 
 
 def _model_ref(cfg: GuardModelConfig, model: GuardModel) -> str:
-    return cfg.model or model.default_model_id
+    """The configured folder / hub id, else the hub id of the size the guard's name says
+    ("GuardReasoner-8B" -> yueliu1999/GuardReasoner-8B), else the family default."""
+    if cfg.model:
+        return cfg.model
+    name = model.name.lower()
+    for size, hub_id in model.variants.items():
+        if name.endswith("-" + size.lower()):
+            return hub_id
+    return model.default_model_id
 
 
 def engine_key(cfg: GuardModelConfig, model: GuardModel) -> tuple[Any, ...]:
