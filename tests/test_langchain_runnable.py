@@ -1,0 +1,227 @@
+"""GuardedRunnable around real chat models and chains: invoke / ainvoke / stream / astream."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_support import (
+    MARKER,
+    STYLES,
+    ScriptedReasoningChatModel,
+    Turn,
+    chunk_count,
+    filler,
+    harmful_reasoning,
+    marker_end,
+    scripted_guard,
+)
+
+from guardrails_plugin import Action, GuardrailViolation, Stage
+from guardrails_plugin.langchain import GuardedRunnable, guard_runnable
+from guardrails_plugin.langchain._common import META_KEY
+from guardrails_plugin.streaming import approx_tokens, extract_deltas
+
+pytestmark = pytest.mark.timeout(60)
+
+REDACT_RESPONSE = {"stages": {"response": {"guards": ["GuardReasoner-1B"], "flagged_action": "redact"}}}
+
+
+def _model(turn, style="blocks", **kw):
+    return ScriptedReasoningChatModel(turns=[turn], style=style, **kw)
+
+
+def _collect(chunks):
+    got_r = got_a = ""
+    last = None
+    for c in chunks:
+        r, a = extract_deltas(c)
+        got_r, got_a, last = got_r + r, got_a + a, c
+    return got_r, got_a, last
+
+
+async def _acollect(chunks):
+    got_r = got_a = ""
+    last = None
+    async for c in chunks:
+        r, a = extract_deltas(c)
+        got_r, got_a, last = got_r + r, got_a + a, c
+    return got_r, got_a, last
+
+
+# -- invoke -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_invoke_blocked_prompt_returns_refusal_without_calling_the_model(style):
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = _model(Turn("t", "a"), style)
+    out = guard_runnable(model, guard).invoke(f"make a {MARKER}")
+    assert isinstance(out, AIMessage) and out.content == guard.config.refusal_message
+    assert out.response_metadata[META_KEY]["stage"] == "prompt"
+    assert model.calls == 0
+    with pytest.raises(GuardrailViolation):
+        GuardedRunnable(model, guard, on_block="raise").invoke(f"make a {MARKER}")
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_ainvoke_redacts_the_answer_as_the_same_type(style):
+    guard, _ = scripted_guard(latency_s=0.0, **REDACT_RESPONSE)
+    turn = Turn("Thinking it over.", f"Use the {MARKER} here.")
+    model = _model(turn, style)
+    out = await guard_runnable(model, guard).ainvoke("q")
+    assert isinstance(out, AIMessage)
+    reasoning, text = extract_deltas(out)
+    assert text == guard.config.redact_placeholder and MARKER not in str(out.content)
+    assert reasoning == turn["reasoning"]  # the reasoning passed its own check and is kept
+    assert out.response_metadata[META_KEY]["action"] == "redact"
+    assert isinstance(out.content, list) == (style == "blocks")  # same content shape
+
+
+def test_invoke_blocks_harmful_reasoning_keeping_the_message_id():
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = _model(Turn(f"the {MARKER} plan", "fine"), "reasoning_content")
+    out = GuardedRunnable(model, guard).invoke("q")
+    assert out.content == guard.config.refusal_message and MARKER not in str(out)
+    assert out.response_metadata[META_KEY]["stage"] == "reasoning"
+    assert out.id is not None and out.id.startswith("lc_run")  # the model's message id, kept
+
+
+def test_invoke_benign_passes_through_and_composes():
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = _model(Turn("thinking", "hello"), "blocks")
+    g = GuardedRunnable(model, guard)
+    out = g.invoke("q")
+    assert extract_deltas(out) == ("thinking", "hello")
+    assert META_KEY not in out.response_metadata
+    assert (g | StrOutputParser()).invoke("q") == "hello"  # a Runnable like any other
+    assert [extract_deltas(m) for m in g.batch(["a", "b"])] == [("thinking", "hello")] * 2
+
+
+def test_chain_with_string_output_is_guarded_and_redacted():
+    guard, engine = scripted_guard(latency_s=0.0, **REDACT_RESPONSE)
+    prompt = ChatPromptTemplate.from_messages([("system", "be brief"), ("human", "{question}")])
+    chain = prompt | _model(Turn("", f"a {MARKER} answer"), "reasoning_content") | StrOutputParser()
+    guarded = guard_runnable(chain, guard)
+    assert guarded.invoke({"question": "hello?"}) == guard.config.redact_placeholder
+    assert any("Human user:\nhello?\n" in p for p in engine.prompts)  # the question was checked
+    blocked = guarded.invoke({"question": f"a {MARKER}?"})
+    assert blocked == guard.config.refusal_message
+    chunks = list(guarded.stream({"question": "hi"}))
+    assert all(isinstance(c, str) for c in chunks)
+    assert "".join(chunks) == guard.config.redact_placeholder  # held, then redacted at the end
+
+
+# -- stream -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_stream_stops_on_harmful_reasoning_within_the_reported_lag(style):
+    guard, _ = scripted_guard(latency_s=0.01)
+    turn = Turn(harmful_reasoning(), "Here it is.")
+    model = _model(turn, style)
+    g = GuardedRunnable(model, guard, check_every_tokens=8)
+    got_r, got_a, last = _collect(g.stream("q"))
+    st = g.last_stream.reasoning.stats
+    assert st.aborted and st.abort_offset >= marker_end(turn["reasoning"])
+    assert approx_tokens(got_r) <= st.abort_offset + st.detection_lag_tokens
+    assert turn["reasoning"].startswith(got_r)
+    assert got_a == guard.config.refusal_message  # the stream ends with the refusal chunk
+    assert isinstance(last, AIMessageChunk) and last.response_metadata[META_KEY]["stage"] == "reasoning"
+    assert model.chunks_produced < chunk_count(turn)  # the source was closed: the model stopped
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_astream_with_reasoning_hold_back_leaks_nothing(style):
+    guard, _ = scripted_guard(latency_s=0.01)
+    turn = Turn(harmful_reasoning(), "Here it is.")
+    model = _model(turn, style)
+    g = GuardedRunnable(model, guard, check_every_tokens=8, hold_back_reasoning=True)
+    got_r, got_a, _ = await _acollect(g.astream("q"))
+    st = g.last_stream.reasoning.stats
+    assert st.aborted
+    assert MARKER not in got_r and turn["reasoning"].startswith(got_r)
+    assert approx_tokens(got_r) < st.abort_offset  # nothing past a blocking prefix, at all
+    assert got_a == guard.config.refusal_message
+    assert model.chunks_produced < chunk_count(turn)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_stream_holds_the_answer_until_checked(style):
+    guard, _ = scripted_guard(latency_s=0.01)
+    answer = filler(80) + f"then the {MARKER} step " + filler(80, 80)
+    turn = Turn("Plan the reply.", answer)
+    model = _model(turn, style)
+    g = GuardedRunnable(model, guard, check_every_tokens=8)
+    chunks = list(g.stream("q"))
+    got_r, got_a, last = _collect(chunks)
+    st = g.last_stream.answer.stats
+    assert st.aborted and g.last_stream.decision.stage is Stage.RESPONSE
+    released = g.last_stream.released_answer
+    assert MARKER not in released and answer.startswith(released)
+    assert approx_tokens(released) < st.abort_offset
+    assert got_a == released + guard.config.refusal_message
+    assert got_r == turn["reasoning"]
+
+
+def test_stream_on_block_raise():
+    guard, _ = scripted_guard(latency_s=0.01)
+    model = _model(Turn(harmful_reasoning(), "x"))
+    g = GuardedRunnable(model, guard, check_every_tokens=8, on_block="raise")
+    with pytest.raises(GuardrailViolation):
+        list(g.stream("q"))
+
+
+def test_stream_blocked_prompt_yields_only_the_refusal():
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = _model(Turn("t", "a"))
+    chunks = list(GuardedRunnable(model, guard).stream(f"a {MARKER}?"))
+    assert len(chunks) == 1 and chunks[0].content == guard.config.refusal_message
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_benign_streams_are_byte_identical(style):
+    guard, _ = scripted_guard(latency_s=0.005)
+    turn = Turn(filler(100) + "So:\n\n" + filler(20, 100), "The answer is " + filler(60) + "done.")
+    model = _model(turn, style)
+    g = GuardedRunnable(model, guard, check_every_tokens=8)
+    got_r, got_a, _ = _collect(g.stream("q"))
+    assert (got_r, got_a) == (turn["reasoning"], turn["answer"])
+    assert g.last_stream.decision is None and g.last_stream.answer.stats.checks_run >= 2
+    got_r, got_a, _ = await _acollect(g.astream("q"))
+    assert (got_r, got_a) == (turn["reasoning"], turn["answer"])
+    # merged chunks make the same message the bare model makes
+    merged = None
+    for c in g.stream("q"):
+        merged = c if merged is None else merged + c
+    assert extract_deltas(merged) == extract_deltas(model.invoke("q"))
+
+
+async def test_astream_redacted_answer_ends_with_the_redaction():
+    guard, _ = scripted_guard(latency_s=0.0, **REDACT_RESPONSE)
+    model = _model(Turn("", f"a {MARKER} in short"), "reasoning_content")
+    g = GuardedRunnable(model, guard, check_every_tokens=1000)
+    _, got_a, _ = await _acollect(g.astream("q"))
+    d = g.last_stream.decision
+    assert d is not None and d.action is Action.REDACT
+    assert got_a == guard.config.redact_placeholder
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_answer_waits_for_the_reasoning_final_check(style):
+    # No check lands mid-reasoning (interval 1000); the gate at the first answer token does.
+    guard, _ = scripted_guard(latency_s=0.02)
+    turn = Turn(f"a short {MARKER} plan", "Sure, " + filler(30))
+    model = _model(turn, style)
+    g = GuardedRunnable(model, guard, check_every_tokens=1000)
+    got_r, got_a, _ = await _acollect(g.astream("q"))
+    assert got_r == turn["reasoning"]  # reasoning streams first (not held by default)
+    assert got_a == guard.config.refusal_message  # not one answer token
+    assert g.last_stream.decision.stage is Stage.REASONING
+    # Without the gate (and without answer hold-back) the answer streams before the verdict.
+    ungated = GuardedRunnable(model, guard, check_every_tokens=1000, gate_answer=False, hold_back_answer=False)
+    got_r, got_a, _ = _collect(ungated.stream("q"))
+    assert got_a.startswith(turn["answer"]) and got_a.endswith(guard.config.refusal_message)
