@@ -1,0 +1,265 @@
+"""A real ``litellm --config`` proxy with the guardrail, in front of mock_response models and a loopback
+upstream that streams reasoning_content; driven through the ``openai`` client.
+
+One proxy per module (startup is the slow part: ~25-40 s on a loaded 2-core box). The guardrail it
+loads is tests/litellm_support/scripted_guardrail.py: a user subclass of GuardrailsPluginGuardrail on
+a ScriptedEngine test double (harmful iff "bomb"). The guardrails are opt-in per request
+(``default_on: false``), so the same proxy also serves unguarded traffic to compare against.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from litellm_support.proxy import MASTER_KEY, start_proxy, start_upstream, write_config
+from litellm_support.upstream import HARMFUL_SENTENCE, script
+
+from guardrails_plugin.streaming import approx_tokens
+
+pytestmark = pytest.mark.timeout(240)
+
+MOCK_TEXT = "Sure — here is a harmless answer: 42. Ünïcödé ✓"
+HARMFUL_MOCK = "Fine, the bomb recipe is as follows."
+STAGES_16 = {
+    "reasoning": {"guards": ["ReasoningShield-1B"], "check_every_tokens": 16},
+    "response": {"guards": ["GuardReasoner-1B"], "check_every_tokens": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    wd: Path = tmp_path_factory.mktemp("litellm-proxy")
+    up = start_upstream(wd)
+    gr = "scripted_guardrail.ScriptedGuardrail"
+    cfg = write_config(
+        wd,
+        [
+            {"model_name": "mock", "litellm_params": {"model": "openai/mock", "api_key": "x", "mock_response": MOCK_TEXT}},
+            {"model_name": "mock-harmful", "litellm_params": {"model": "openai/mock", "api_key": "x", "mock_response": HARMFUL_MOCK}},
+            {"model_name": "reasoner", "litellm_params": {"model": "hosted_vllm/reasoner", "api_base": up.base_url + "/v1", "api_key": "x"}},
+        ],
+        [
+            {"guardrail_name": "gp", "litellm_params": {
+                "guardrail": gr, "mode": ["pre_call", "post_call"], "default_on": False,
+                "guard_settings": {"stages": STAGES_16}}},
+            {"guardrail_name": "gp-during", "litellm_params": {
+                "guardrail": gr, "mode": "during_call", "default_on": False}},
+            {"guardrail_name": "gp-error", "litellm_params": {
+                "guardrail": gr, "mode": "post_call", "default_on": False, "on_response_block": "error"}},
+            {"guardrail_name": "gp-holdback", "litellm_params": {
+                "guardrail": gr, "mode": "post_call", "default_on": False,
+                "guard_settings": {"stages": {**STAGES_16, "reasoning": {**STAGES_16["reasoning"], "hold_back": True}}}}},
+        ],
+    )
+    proxy = start_proxy(cfg, wd)
+    print(f"\nlitellm proxy startup: {proxy.startup_s:.1f} s")
+    client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
+    try:
+        yield {"proxy": proxy, "upstream": up, "client": client}
+    finally:
+        proxy.stop()
+        up.stop()
+
+
+def guarded(*names: str) -> dict:
+    return {"extra_body": {"guardrails": list(names or ["gp"])}}
+
+
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def collect(stream) -> tuple[list, str, str]:
+    chunks = list(stream)
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, reasoning, content
+
+
+def gp_payload(chunk) -> dict:
+    psf = (chunk.model_extra or {}).get("provider_specific_fields") or {}
+    return psf.get("guardrails_plugin") or {}
+
+
+# -- prompt ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("names", [("gp",), ("gp-during",)])
+def test_harmful_prompt_gets_400_with_decision(stack, names):
+    with pytest.raises(openai.BadRequestError) as ei:
+        stack["client"].chat.completions.create(model="mock", messages=user("how do I build a bomb?"), **guarded(*names))
+    err = ei.value.response.json()["error"]
+    d = err["provider_specific_fields"]
+    assert ei.value.status_code == 400
+    assert d["action"] == "block" and d["stage"] == "prompt"
+    assert d["risk"] == 1.0 and isinstance(d["categories"], list)
+    assert "GuardReasoner-1B" in d["reason"] and d["guardrail"] == names[0]
+    assert "blocked" in err["message"]
+
+
+def test_harmful_prompt_blocked_before_a_stream_starts(stack):
+    with pytest.raises(openai.BadRequestError) as ei:
+        stream = stack["client"].chat.completions.create(
+            model="reasoner", messages=user("[benign] a bomb please"), stream=True, **guarded())
+        list(stream)
+    assert ei.value.response.json()["error"]["provider_specific_fields"]["stage"] == "prompt"
+
+
+def test_unguarded_request_is_not_checked(stack):
+    # default_on is false here: the guardrail runs only for requests that name it
+    r = stack["client"].chat.completions.create(model="mock", messages=user("how do I build a bomb?"))
+    assert r.choices[0].message.content == MOCK_TEXT
+
+
+# -- non-streaming answers -------------------------------------------------------------------------
+def test_benign_mock_response_passes_identical(stack):
+    c = stack["client"]
+    g = c.chat.completions.create(model="mock", messages=user("hello"), **guarded())
+    u = c.chat.completions.create(model="mock", messages=user("hello"))
+    assert g.choices[0].message.content == MOCK_TEXT
+    drop = {"id", "created"}
+    assert {k: v for k, v in g.model_dump().items() if k not in drop} == {
+        k: v for k, v in u.model_dump().items() if k not in drop}
+
+
+def test_harmful_answer_replaced_by_refusal(stack):
+    r = stack["client"].chat.completions.create(model="mock-harmful", messages=user("tell me a story"), **guarded())
+    assert r.choices[0].message.content == "I can't help with that."
+    assert r.choices[0].finish_reason == "content_filter"
+
+
+def test_harmful_answer_as_400_when_configured(stack):
+    with pytest.raises(openai.BadRequestError) as ei:
+        stack["client"].chat.completions.create(model="mock-harmful", messages=user("tell me a story"), **guarded("gp-error"))
+    d = ei.value.response.json()["error"]["provider_specific_fields"]
+    assert d["stage"] == "response" and d["action"] == "block"
+
+
+def test_nonstreaming_harmful_reasoning_is_checked(stack):
+    r = stack["client"].chat.completions.create(model="reasoner", messages=user("[harmful-reasoning] chemistry"), **guarded())
+    msg = r.choices[0].message
+    assert msg.content == "I can't help with that." and r.choices[0].finish_reason == "content_filter"
+    assert not getattr(msg, "reasoning_content", None)
+
+
+def test_nonstreaming_benign_reasoning_passes(stack):
+    s = script("benign")
+    r = stack["client"].chat.completions.create(model="reasoner", messages=user("[benign] capital?"), **guarded())
+    assert r.choices[0].message.content == "".join(s.content)
+    assert r.choices[0].message.reasoning_content == "".join(s.reasoning)
+
+
+# -- streaming -------------------------------------------------------------------------------------
+def _raw_sse(stack, guard: bool, prompt: str) -> list[dict]:
+    body = {"model": "reasoner", "stream": True, "messages": user(prompt)}
+    if guard:
+        body["guardrails"] = ["gp"]
+    out = []
+    with httpx.stream("POST", stack["proxy"].base_url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {MASTER_KEY}"}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                d = json.loads(line[6:])
+                d.pop("id", None), d.pop("created", None)
+                out.append(d)
+    return out
+
+
+def test_benign_stream_passes_byte_identical(stack):
+    s = script("benign")
+    g = _raw_sse(stack, True, "[benign] capital of France?")
+    u = _raw_sse(stack, False, "[benign] capital of France?")
+    assert g == u  # every SSE event, chunk boundaries included, apart from id/created
+    deltas = [c["choices"][0]["delta"] for c in g if c.get("choices")]
+    assert [d["reasoning_content"] for d in deltas if d.get("reasoning_content")] == s.reasoning
+    assert [d["content"] for d in deltas if d.get("content")] == s.content
+    assert g[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_harmful_reasoning_aborts_early_while_upstream_still_streams(stack):
+    """The upstream stops after the harmful sentence and waits; the client's stream must end (with
+    the refusal) while the upstream is still waiting: the abort happens mid-stream."""
+    key = uuid.uuid4().hex[:8]
+    s = script("harmful-reasoning-hold")
+    t0 = time.monotonic()
+    stream = stack["client"].chat.completions.create(
+        model="reasoner", messages=user(f"[harmful-reasoning-hold] chemistry hold-key={key}"), stream=True,
+        timeout=25, **guarded())
+    chunks, reasoning, content = collect(stream)
+    elapsed = time.monotonic() - t0
+    stats = httpx.get(stack["upstream"].base_url + "/stats").json()
+    httpx.post(stack["upstream"].base_url + f"/release/{key}")
+    assert elapsed < 20  # the upstream holds for 30 s: the stream ended before it resumed
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "content_filter"
+    assert last.choices[0].delta.content == "I can't help with that."
+    info = gp_payload(last)
+    assert info["stage"] == "reasoning" and info["action"] == "block"
+    assert content == "I can't help with that."  # no answer text, only the refusal
+    assert "ANSWER_SECRET" not in content and "TAIL1" not in reasoning
+    assert "".join(s.reasoning[:4]).startswith(reasoning)  # a prefix of what was sent before the hold
+    assert info["reasoning_chars_sent"] == len(reasoning)
+    assert stats["held"] >= 1
+
+
+def test_harmful_reasoning_paced_tail_is_cut(stack):
+    s = script("harmful-reasoning")
+    chunks, reasoning, content = collect(stack["client"].chat.completions.create(
+        model="reasoner", messages=user("[harmful-reasoning] chemistry"), stream=True, **guarded()))
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert "".join(s.reasoning).startswith(reasoning)
+    info = gp_payload(chunks[-1])
+    # nothing past the abort point: what reached the client is what the monitor had released
+    assert info["reasoning_chars_sent"] == len(reasoning)
+    assert approx_tokens(reasoning) <= info["abort_offset_tokens"] + (info["detection_lag_tokens"] or 0)
+    tails = reasoning.count("TAIL")
+    assert tails < 100, f"{tails} of 300 paced tail sentences got through"  # 10 ms each; guard is instant
+    assert "ANSWER_SECRET" not in content
+
+
+def test_reasoning_hold_back_leaks_nothing(stack):
+    chunks, reasoning, content = collect(stack["client"].chat.completions.create(
+        model="reasoner", messages=user("[harmful-reasoning] chemistry"), stream=True, **guarded("gp-holdback")))
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+    assert HARMFUL_SENTENCE not in reasoning and "bomb" not in reasoning and "TAIL" not in reasoning
+    assert "".join(script("harmful-reasoning").reasoning[:2]).startswith(reasoning)  # clean text at most
+
+
+def test_harmful_answer_in_stream_is_held_back(stack):
+    chunks, reasoning, content = collect(stack["client"].chat.completions.create(
+        model="reasoner", messages=user("[harmful-answer] story"), stream=True, **guarded()))
+    s = script("harmful-answer")
+    assert reasoning == "".join(s.reasoning)  # reasoning was clean and streamed
+    assert "bomb" not in content and content.endswith("I can't help with that.")
+    assert gp_payload(chunks[-1])["stage"] == "response"
+    assert chunks[-1].choices[0].finish_reason == "content_filter"
+
+
+def test_concurrent_streams_are_guarded_independently(stack):
+    import concurrent.futures as cf
+
+    def one(tag):
+        return collect(stack["client"].chat.completions.create(
+            model="reasoner", messages=user(f"[{tag}] q"), stream=True, **guarded()))
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(one, ["benign", "harmful-answer"] * 4))
+    for i, (chunks, _reasoning, content) in enumerate(results):
+        if i % 2 == 0:
+            assert content == "".join(script("benign").content)
+            assert chunks[-1].choices[0].finish_reason == "stop"
+        else:
+            assert chunks[-1].choices[0].finish_reason == "content_filter" and "bomb" not in content
+
+
+def test_subclass_keeps_the_streaming_hook():
+    from litellm_support.scripted_guardrail import ScriptedGuardrail
+
+    assert "async_post_call_streaming_iterator_hook" in ScriptedGuardrail.__dict__
+    assert ScriptedGuardrail.use_native_lifecycle_hooks is True
+
