@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .circuit import CircuitConfig
 from .errors import GuardConfigError
 from .types import Action, Stage
 
@@ -119,6 +120,9 @@ class GuardConfig(BaseSettings):
     models: dict[str, GuardModelConfig] = Field(default_factory=_default_models)
     stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
     audit: dict[str, Any] | None = Field(None, description="Audit sink settings (see audit.py).")
+    circuit: CircuitConfig = Field(
+        default_factory=CircuitConfig, description="Per-engine circuit breaker (see circuit.py)."
+    )
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -127,7 +131,10 @@ class GuardConfig(BaseSettings):
         if isinstance(v, dict):
             merged: dict[Any, Any] = {s: c for s, c in _default_stages().items()}
             for k, c in v.items():
-                merged[Stage(k)] = c
+                stage = Stage(k)
+                if isinstance(c, dict):  # a partial override keeps the stage's other defaults
+                    c = {**merged[stage].model_dump(exclude_unset=True), **c}
+                merged[stage] = c
             return merged
         return v
 

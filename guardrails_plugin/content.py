@@ -56,6 +56,15 @@ def _has_surrogates(s: str) -> bool:
     return False
 
 
+def _as_parts(content: Any, what: str, i: int) -> Sequence[Any]:
+    """A message's content as a list of parts (a str or a single part dict is one part)."""
+    if isinstance(content, (str, Mapping)):
+        return [content]
+    if isinstance(content, (list, tuple)):
+        return content
+    raise GuardInputError(f"{what}[{i}]: message content of type {type(content).__name__}")
+
+
 def _text_of_parts(parts: Sequence[Any], notes: list[str], what: str) -> str:
     """Text of OpenAI / LangChain style messages or content parts; non-text parts are noted."""
     texts: list[str] = []
@@ -65,18 +74,21 @@ def _text_of_parts(parts: Sequence[Any], notes: list[str], what: str) -> str:
             continue
         content = getattr(part, "content", None) if not isinstance(part, Mapping) else None
         if content is not None:  # a LangChain BaseMessage
-            texts.append(_text_of_parts([content] if isinstance(content, str) else content, notes, what))
+            texts.append(_text_of_parts(_as_parts(content, what, i), notes, what))
+            if getattr(part, "tool_calls", None):
+                notes.append(f"{what}[{i}]: tool calls not guarded as text")
             continue
         if not isinstance(part, Mapping):
             raise GuardInputError(f"{what}[{i}]: unsupported part type {type(part).__name__}")
         kind = part.get("type")
-        if "content" in part and kind is None:  # a chat message {"role", "content"}
+        # a chat message {"role", "content"} (Responses API input items say type "message")
+        if "content" in part and kind in (None, "message"):
             inner = part["content"]
             if inner is None:
                 if part.get("tool_calls"):
                     notes.append(f"{what}[{i}]: tool calls not guarded as text")
                 continue
-            texts.append(_text_of_parts([inner] if isinstance(inner, str) else inner, notes, what))
+            texts.append(_text_of_parts(_as_parts(inner, what, i), notes, what))
             if part.get("tool_calls"):
                 notes.append(f"{what}[{i}]: tool calls not guarded as text")
             continue

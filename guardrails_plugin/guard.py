@@ -7,6 +7,7 @@ Every check is async underneath and runs its engine work on the library's own lo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -213,13 +214,32 @@ class Guard:
         return decision
 
     async def _run_model(self, name: str, request: GuardRequest) -> list[Verdict]:
-        """Verdicts of one guard model on ``request``: one per window of the judged text."""
+        """Verdicts of one guard model on ``request``: one per window of the judged text.
+        ``config.mode`` "fast" / "cascade" go through fast scoring (scoring.py)."""
+        if self.config.mode != "full":
+            from .scoring import run_scored
+
+            return await run_scored(self, name, request)
+        return await self._run_full(name, request)
+
+    async def _run_full(
+        self, name: str, request: GuardRequest, *, window_index: int | None = None
+    ) -> list[Verdict]:
+        """Full generation: one verdict per window. ``window_index``: the caller's window number
+        when ``request`` already is one window (the cascade), for the KV-reuse session key."""
+        from .scoring import session_key
+
         model = self.model(name)
         mc: GuardModelConfig = self.config.models[name]
         text = request.target
         spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
         try:
             inputs = [model.build_input(request.with_target(text[s:e])) for s, e in spans]
+            # A monitor's checks of one growing text share a session: the engine may reuse the KV
+            # cache of the previous check's prefix (TransformersEngine).
+            keys = [session_key(request, name, i if window_index is None else window_index)
+                    for i in range(len(spans))]
+            inputs = [dataclasses.replace(inp, session_id=k) if k else inp for inp, k in zip(inputs, keys, strict=True)]
         except Exception as exc:  # an adapter that cannot build an input must not crash the check
             log.exception("guard %s could not build its input", name)
             return [self._failure(name, request.stage, FailureKind.BAD_INPUT, repr(exc))]
@@ -273,6 +293,22 @@ class Guard:
                 raise
             except Exception:  # observers must never change or break a decision
                 log.exception("decision hook %r failed", hook)
+
+    def release_session(self, session_id: str) -> None:
+        """Drop the engines' KV caches kept for ``session_id`` (a monitor closed). Never raises."""
+        engines = [self._override] if self._override is not None else list(self._engines.values())
+        for e in engines:
+            release = getattr(e, "release_session", None)
+            drop = getattr(e, "session_ids", None)
+            if release is None:
+                continue
+            try:
+                # Keys are "{session_id}|{guard}|{window}" (scoring.session_key).
+                for key in (drop() if drop else []):
+                    if key.split("|", 1)[0] == session_id:
+                        release(key)
+            except Exception:
+                log.exception("releasing session %s on %s failed", session_id, getattr(e, "name", e))
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:

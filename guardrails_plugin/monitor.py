@@ -22,8 +22,10 @@ callback handler cannot delay tokens (they are already on their way) and can onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -84,9 +86,14 @@ class ReasoningMonitor:
         self.hold_back = cfg.hold_back_for(self.stage) if hold_back is None else hold_back
         self.check_paragraphs = check_paragraphs
         self.request_id = request_id
-        self.metadata = metadata or {}
+        self.metadata = dict(metadata or {})
+        # One id for all checks of this stream: the engine may keep the KV cache of the checked
+        # prefix between checks (scoring.session_key); released when the monitor closes.
+        self.metadata.setdefault("session_id", uuid.uuid4().hex)
 
-        self._lock = threading.Lock()
+        # Re-entrant: a check that completes before add_done_callback runs calls _done on the
+        # feeding thread while it holds the lock (seen with zero-latency guards).
+        self._lock = threading.RLock()
         self._text: list[str] = []
         self._prev_last_char = ""
         self._chars = 0
@@ -112,6 +119,13 @@ class ReasoningMonitor:
         return self.decision is not None
 
     @property
+    def check_in_flight(self) -> Future[Decision] | None:
+        """The running check's future, if any: ``await asyncio.wrap_future(f)`` (any loop) or
+        ``f.result()`` to wait for the next verdict instead of polling."""
+        with self._lock:
+            return self._inflight.future if self._inflight else None
+
+    @property
     def text(self) -> str:
         with self._lock:
             return self._joined()
@@ -126,11 +140,11 @@ class ReasoningMonitor:
                     raise RuntimeError("monitor is closed")
                 if self.decision is None and delta:
                     self._append(delta)
-                    if self._check_due(delta):
-                        self._schedule()
-                    if not self.hold_back:
+                    if not self.hold_back:  # before scheduling: a check may complete inline
                         self._released_chars = self._chars
                         self.stats.tokens_released = self._tokens
+                    if self._check_due(delta):
+                        self._schedule()
                 return self._take_ready()
         finally:
             self.stats.feed_time_us_total += (time.perf_counter() - t0) * 1e6
@@ -155,6 +169,16 @@ class ReasoningMonitor:
 
     async def aclose(self) -> Decision:
         return await self.guard._runtime.arun(self._aclose())
+
+    def discard(self) -> None:
+        """Stop without an end-of-trace check (the stream was cut off and nothing more will be
+        released): pending checks are dropped and engine state kept for this stream is freed."""
+        with self._lock:
+            self._closed = True
+            self._pending = False
+        release = getattr(self.guard, "release_session", None)
+        if release is not None:
+            release(str(self.metadata["session_id"]))
 
     @property
     def held_text(self) -> str:
@@ -200,7 +224,7 @@ class ReasoningMonitor:
         req = self._request(self._joined()[:chars])
         check.future = self.guard._runtime.submit(self.guard._acheck(req))
         self.stats.checks_run += 1
-        check.future.add_done_callback(lambda f, c=check: self._done(c, f))
+        check.future.add_done_callback(functools.partial(self._done, check))
 
     def _request(self, prefix: str) -> GuardRequest:
         field_name = "reasoning" if self.stage is Stage.REASONING else "response"
@@ -277,6 +301,14 @@ class ReasoningMonitor:
 
     async def _aclose(self) -> Decision:
         """Runs on the engine loop."""
+        try:
+            return await self._aclose_checks()
+        finally:
+            release = getattr(self.guard, "release_session", None)
+            if release is not None:
+                release(str(self.metadata["session_id"]))
+
+    async def _aclose_checks(self) -> Decision:
         with self._lock:
             self._closed = True
             self._pending = False

@@ -190,3 +190,9 @@ def test_model_size_follows_the_guard_name_when_no_model_is_given() -> None:
     assert key[1] == "yueliu1999/GuardReasoner-8B"
     key = engine_key(cfg.models["ReasoningShield-1B"], guard.model("ReasoningShield-1B"))
     assert key[1] == "ReasoningShield/ReasoningShield-1B"
+
+
+def test_partial_stage_override_keeps_the_stage_guards() -> None:
+    cfg = GuardConfig(stages={"reasoning": {"check_every_tokens": 16}})
+    assert cfg.stage(Stage.REASONING).guards == ["ReasoningShield-1B"]
+    assert cfg.stage(Stage.REASONING).check_every_tokens == 16

@@ -27,6 +27,9 @@ class GenerationRequest:
     max_new_tokens: int = 1024
     assistant_prefix: str = ""
     stop: tuple[str, ...] = ()
+    #: streaming checks of one growing text (a monitor) share this id; an engine that keeps KV
+    #: caches reuses the previous check's prefix (TransformersEngine), others ignore it
+    session_id: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -17,6 +17,17 @@ Design, in short:
   added) token ids. Message contents, raw prompts and assistant prefixes are encoded without any
   added-token matching, so ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>`` or
   ``<|im_end|>`` typed by a user stays plain text and cannot open a forged turn.
+* **Fast scoring** (``score``): one prefill with the answer forced up to the verdict position; the
+  verdict is read from next-token log-probabilities (guardrails_plugin/scoring.py says what they mean).
+  Only the last few positions go through the LM head (``logits_to_keep``).
+* **KV reuse for streaming checks.** A request with ``session_id`` (a ReasoningMonitor's checks of one
+  growing trace) keeps its KV cache after the call; the next call of that session recomputes only the
+  tokens after the longest common token prefix (the trace sits mid-prompt in ReasoningShield's layout,
+  so the closing turn tokens after the old trace end are recomputed, the rest is reused). Sessions are
+  an LRU bounded by ``session_cache_mb`` and ``max_sessions`` and dropped by ``release_session``.
+  Session rows run one at a time (batch 1, no padding) with a dynamic cache; on a static-cache (GPU)
+  engine ``generate`` does not reuse (its static-cache decode is faster than what reuse saves),
+  ``score`` always does.
 """
 
 from __future__ import annotations
@@ -24,12 +35,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import os
 import queue
 import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +52,7 @@ import torch
 
 from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
 from .base import GenerationRequest
+from .logprobs import Distribution, ScoreRequest, ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +85,11 @@ def _resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
 class _Job:
     """One generate() call: its rows share a future that completes when every row has a result."""
 
-    requests: Sequence[GenerationRequest]
+    requests: Sequence[Any]  # GenerationRequest, or ScoreRequest when kind == "score"
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    results: list[str | None] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
     remaining: int = 0
+    kind: str = "generate"
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.requests)
@@ -91,7 +106,7 @@ class _Job:
         except concurrent.futures.InvalidStateError:  # cancelled by the caller meanwhile
             pass
 
-    def finish_row(self, index: int, text: str) -> None:
+    def finish_row(self, index: int, text: Any) -> None:
         self.results[index] = text
         self.remaining -= 1
         if self.remaining == 0:
@@ -108,8 +123,25 @@ class _Row:
     index: int
 
     @property
-    def request(self) -> GenerationRequest:
+    def request(self) -> Any:
         return self.job.requests[self.index]
+
+
+def _crop_to(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions. A negative count to remove means the same to every
+    transformers release (5.x only accepts that form)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+@dataclass(eq=False)
+class _Session:
+    """The KV cache of a session's last checked input (ids: the tokens it holds)."""
+
+    ids: list[int]
+    cache: Any
+    nbytes: int
 
 
 class _RowStopper:
@@ -160,6 +192,9 @@ class TransformersEngine:
         name: str | None = None,
         trust_remote_code: bool = False,
         compile: bool = False,
+        session_cache_mb: float = 1024.0,
+        max_sessions: int = 256,
+        reuse_in_generate: bool | None = None,
     ):
         if max_batch_size < 1:
             raise GuardConfigError("max_batch_size must be >= 1")
@@ -172,7 +207,18 @@ class TransformersEngine:
         # Static KV cache pays off on GPU (fixed shapes); on CPU the dynamic cache is as fast.
         self.static_cache = (self.device.type == "cuda") if static_cache is None else bool(static_cache)
         self.compile = bool(compile)
-        self.stats: dict[str, int] = {"calls": 0, "batches": 0, "rows": 0, "max_batch_rows": 0}
+        self.stats: dict[str, int] = {
+            "calls": 0, "batches": 0, "rows": 0, "max_batch_rows": 0,
+            # fast scoring and KV reuse: rows scored, input tokens computed / served from a kept cache
+            "score_rows": 0, "prefill_tokens": 0, "reused_tokens": 0, "sessions_evicted": 0,
+        }
+        self.session_cache_bytes = int(max(0.0, float(session_cache_mb)) * 2**20)
+        self.max_sessions = max(0, int(max_sessions))
+        # Reuse in generate() only on the dynamic-cache path (see the module docstring).
+        self.reuse_in_generate = (not self.static_cache) if reuse_in_generate is None else bool(reuse_in_generate)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._sessions_lock = threading.Lock()
+        self._candidate_ids: dict[str, int | None] = {}
 
         self.tokenizer, self.model = self._load(trust_remote_code)
         self._tok_lock = threading.RLock()  # HF fast tokenizers mutate state per call
@@ -452,8 +498,11 @@ class TransformersEngine:
 
     # ------------------------------------------------------------------ generation (worker thread)
 
-    def _generate_rows(self, rows: Sequence[_Row], ids_list: Sequence[list[int]]) -> list[str]:
-        """One forward batch. Runs on the worker thread only."""
+    def _generate_rows(
+        self, rows: Sequence[_Row], ids_list: Sequence[list[int]], cache: Any = None
+    ) -> list[str]:
+        """One forward batch. Runs on the worker thread only. ``cache``: a pre-filled dynamic KV
+        cache holding a prefix of the (single) row's ids (session reuse)."""
         from transformers import StoppingCriteriaList
 
         input_ids, mask = self._pad_batch(ids_list)
@@ -470,7 +519,9 @@ class TransformersEngine:
             pad_token_id=self.pad_token_id,
             stopping_criteria=StoppingCriteriaList([stopper]),
         )
-        if self.static_cache:
+        if cache is not None:
+            kwargs["past_key_values"] = cache  # generate() computes only the uncached tail
+        elif self.static_cache:
             kwargs["cache_implementation"] = "static"
             kwargs["disable_compile"] = not self.compile  # generate() would auto-compile otherwise
         self.stats["batches"] += 1
@@ -496,6 +547,16 @@ class TransformersEngine:
         return texts
 
     def _run_batch(self, rows: list[_Row]) -> None:
+        scored = [r for r in rows if r.job.kind == "score"]
+        if scored:
+            self._run_score_batch(scored)
+        rows = [r for r in rows if r.job.kind != "score"]
+        if self.reuse_in_generate and self.max_sessions:
+            for r in [r for r in rows if r.request.session_id]:
+                self._run_session_generate(r)
+            rows = [r for r in rows if not r.request.session_id]
+        if not rows:
+            return
         ids_list: list[list[int]] = []
         ready: list[_Row] = []
         for row in rows:
@@ -527,6 +588,202 @@ class TransformersEngine:
         for (r, _), text in zip(ready_ids, texts, strict=False):
             if not r.job.abandoned:
                 r.job.finish_row(r.index, text)
+
+    # ------------------------------------------------------------------ sessions (KV reuse)
+
+    def _kv_bytes_per_token(self) -> int:
+        cfg = self.model.config
+        cfg = getattr(cfg, "get_text_config", lambda: cfg)()
+        heads = getattr(cfg, "num_attention_heads", 1)
+        kv = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        elem = torch.finfo(self.dtype).bits // 8
+        return 2 * cfg.num_hidden_layers * kv * head_dim * elem
+
+    def _session_take(self, session_id: str, ids: Sequence[int], keep_last: int) -> tuple[Any, int]:
+        """(cache, reused): the session's cache cropped to the longest common prefix with ``ids``
+        (leaving at least ``keep_last`` tokens to compute), or a fresh cache and 0."""
+        from transformers import DynamicCache
+
+        with self._sessions_lock:
+            entry = self._sessions.pop(session_id, None)
+        if entry is not None:
+            n = 0
+            limit = min(len(entry.ids), len(ids) - keep_last)
+            old = entry.ids
+            while n < limit and old[n] == ids[n]:
+                n += 1
+            if n > 0:
+                _crop_to(entry.cache, n)
+                return entry.cache, n
+        return DynamicCache(config=self.model.config), 0
+
+    def _session_put(self, session_id: str, ids: list[int], cache: Any) -> None:
+        if not self.max_sessions or not self.session_cache_bytes:
+            return
+        _crop_to(cache, len(ids))  # generated tokens are never part of the next input's prefix
+        entry = _Session(list(ids), cache, len(ids) * self._kv_bytes_per_token())
+        if entry.nbytes > self.session_cache_bytes:
+            return
+        with self._sessions_lock:
+            self._sessions[session_id] = entry
+            self._sessions.move_to_end(session_id)
+            total = sum(e.nbytes for e in self._sessions.values())
+            while len(self._sessions) > self.max_sessions or total > self.session_cache_bytes:
+                _, old = self._sessions.popitem(last=False)  # least recently used
+                total -= old.nbytes
+                self.stats["sessions_evicted"] += 1
+
+    def release_session(self, session_id: str) -> bool:
+        """Drop a session's KV cache (a monitor closed). Safe from any thread; True if one was kept."""
+        with self._sessions_lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def session_ids(self) -> list[str]:
+        """Sessions holding a KV cache, least recently used first."""
+        with self._sessions_lock:
+            return list(self._sessions)
+
+    @property
+    def session_cache_used_bytes(self) -> int:
+        with self._sessions_lock:
+            return sum(e.nbytes for e in self._sessions.values())
+
+    def _run_session_generate(self, row: _Row) -> None:
+        if row.job.abandoned:
+            return
+        try:
+            ids = self.request_ids(row.request)
+            if not ids:
+                raise ValueError("empty prompt")
+        except Exception as exc:
+            row.job.fail(exc if isinstance(exc, GuardEngineError)
+                         else GuardEngineError(f"{self.name}: cannot build model input: {exc!r}"))
+            return
+        sid = row.request.session_id
+        try:
+            cache, reused = self._session_take(sid, ids, keep_last=1)
+            self.stats["reused_tokens"] += reused
+            self.stats["prefill_tokens"] += len(ids) - reused
+            text = self._generate_rows([row], [ids], cache=cache)[0]
+            self._session_put(sid, ids, cache)
+        except Exception as exc:
+            self.release_session(sid)
+            err = GuardEngineError(f"{self.name}: generation failed: {exc!r}", retryable=True)
+            err.__cause__ = exc
+            row.job.fail(err)
+            return
+        if not row.job.abandoned:
+            row.job.finish_row(row.index, text)
+
+    # ------------------------------------------------------------------ fast scoring (worker thread)
+
+    def _candidate_id(self, text: str) -> int | None:
+        """First token of ``text`` as plain text (the forced prefix ends at a token boundary)."""
+        if text not in self._candidate_ids:
+            ids = self._encode_plain(text)
+            self._candidate_ids[text] = ids[0] if ids else None
+        return self._candidate_ids[text]
+
+    def _distribution(self, logprobs: torch.Tensor, top_k: int, candidates: Sequence[str]) -> Distribution:
+        dist = Distribution()
+        if top_k > 0:
+            vals, idx = torch.topk(logprobs, min(top_k, logprobs.shape[-1]))
+            for v, i in zip(vals.tolist(), idx.tolist(), strict=True):
+                tok = self._decode([i]) if i not in self._added_ids else self.tokenizer.convert_ids_to_tokens(i)
+                dist.top[tok] = max(v, dist.top.get(tok, -math.inf))
+        for c in candidates:
+            cid = self._candidate_id(c)
+            if cid is not None:
+                dist.candidates[c] = float(logprobs[cid])
+        return dist
+
+    def _score_inputs(self, req: ScoreRequest) -> tuple[list[int], int]:
+        ids = self.request_ids(req.request)
+        probe = self._encode_plain(req.probe) if req.probe else []
+        if not ids:
+            raise ValueError("empty prompt")
+        return ids + probe, len(probe)
+
+    def _result(self, req: ScoreRequest, lp: torch.Tensor, n_probe: int, n_ids: int, reused: int) -> ScoreResult:
+        """``lp``: log-probs of the last ``n_probe + 1`` positions of one row, [n_probe + 1, vocab]."""
+        at = self._distribution(lp[0], req.top_k, req.candidates)
+        after = self._distribution(lp[-1], req.top_k, req.probe_candidates) if n_probe else None
+        return ScoreResult(at_prefix=at, after_probe=after, prompt_tokens=n_ids, reused_tokens=reused)
+
+    def _run_score_batch(self, rows: Sequence[_Row]) -> None:
+        plain: list[tuple[_Row, list[int], int]] = []
+        for row in rows:
+            if row.job.abandoned:
+                continue
+            try:
+                ids, n_probe = self._score_inputs(row.request)
+            except Exception as exc:
+                row.job.fail(exc if isinstance(exc, GuardEngineError)
+                             else GuardEngineError(f"{self.name}: cannot build model input: {exc!r}"))
+                continue
+            if row.request.session_id and self.max_sessions:
+                self._score_session(row, ids, n_probe)
+            else:
+                plain.append((row, ids, n_probe))
+        for i in range(0, len(plain), self.max_batch_size):
+            chunk = plain[i : i + self.max_batch_size]
+            try:
+                results = self._score_forward(chunk)
+            except Exception as exc:
+                err = GuardEngineError(f"{self.name}: scoring failed: {exc!r}", retryable=True)
+                err.__cause__ = exc
+                for r, _, _ in chunk:
+                    r.job.fail(err)
+                continue
+            for (r, _, _), res in zip(chunk, results, strict=True):
+                if not r.job.abandoned:
+                    r.job.finish_row(r.index, res)
+
+    def _score_forward(self, chunk: Sequence[tuple[_Row, list[int], int]]) -> list[ScoreResult]:
+        """One padded prefill; only the last positions go through the LM head."""
+        input_ids, mask = self._pad_batch([ids for _, ids, _ in chunk])
+        keep = max(n for _, _, n in chunk) + 1
+        # Left padding: positions count real tokens only (generate() does the same).
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.stats["batches"] += 1
+        self.stats["score_rows"] += len(chunk)
+        self.stats["max_batch_rows"] = max(self.stats["max_batch_rows"], len(chunk))
+        self.stats["prefill_tokens"] += sum(len(ids) for _, ids, _ in chunk)
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                use_cache=False, logits_to_keep=keep,
+            )
+            lp = torch.log_softmax(out.logits.float(), dim=-1)  # [B, keep, V]
+        results = []
+        for b, (row, ids, n_probe) in enumerate(chunk):
+            rows_lp = lp[b, keep - 1 - n_probe :]
+            results.append(self._result(row.request, rows_lp, n_probe, len(ids), 0))
+        return results
+
+    def _score_session(self, row: _Row, ids: list[int], n_probe: int) -> None:
+        sid = row.request.session_id
+        try:
+            cache, reused = self._session_take(sid, ids, keep_last=n_probe + 1)
+            self.stats["batches"] += 1
+            self.stats["score_rows"] += 1
+            self.stats["reused_tokens"] += reused
+            self.stats["prefill_tokens"] += len(ids) - reused
+            new = torch.tensor([ids[reused:]], dtype=torch.long, device=self.device)
+            with torch.inference_mode():
+                out = self.model(input_ids=new, past_key_values=cache, use_cache=True, logits_to_keep=n_probe + 1)
+                lp = torch.log_softmax(out.logits.float(), dim=-1)[0]
+            result = self._result(row.request, lp, n_probe, len(ids), reused)
+            self._session_put(sid, ids, cache)
+        except Exception as exc:
+            self.release_session(sid)
+            err = GuardEngineError(f"{self.name}: scoring failed: {exc!r}", retryable=True)
+            err.__cause__ = exc
+            row.job.fail(err)
+            return
+        if not row.job.abandoned:
+            row.job.finish_row(row.index, result)
 
     def _worker(self) -> None:
         while True:
@@ -582,10 +839,13 @@ class TransformersEngine:
         self.stats["calls"] += 1
         if not requests:
             return []
+        return await self._submit(_Job(requests), timeout)
+
+    async def _submit(self, job: _Job, timeout: float | None) -> list[Any]:
+        requests = job.requests
         if timeout is not None and timeout <= 0:
             raise GuardTimeoutError(f"{self.name}: deadline already passed")
         self._ensure_worker()
-        job = _Job(requests)
         for i in range(len(requests)):
             self._queue.put(_Row(job, i))
         waiter = asyncio.wrap_future(job.future)  # bound to whichever loop is running now
@@ -604,6 +864,17 @@ class TransformersEngine:
         except Exception as exc:
             raise GuardEngineError(f"{self.name}: {exc!r}") from exc
         return result
+
+    async def score(
+        self, requests: Sequence[ScoreRequest], *, timeout: float | None = None
+    ) -> list[ScoreResult]:
+        """Fast scoring: one prefill per request, next-token log-probs at the forced verdict
+        position (and after ``probe``). Concurrent calls share forward batches."""
+        requests = list(requests)
+        self.stats["calls"] += 1
+        if not requests:
+            return []
+        return await self._submit(_Job(requests, kind="score"), timeout)
 
     async def aclose(self) -> None:
         """Stop the worker (queued calls fail with GuardEngineError) and free the model."""

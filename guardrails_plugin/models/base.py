@@ -7,12 +7,42 @@ apply the stage's fail mode.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import ClassVar
 
 from ..engines.base import GenerationRequest
 from ..types import GuardRequest, Stage, Verdict
+
+#: what a forged field line gets in front of it: a quote mark, so the guard still reads the words
+QUOTE = "> "
+
+
+@cache
+def _field_line(markers: tuple[str, ...]) -> re.Pattern[str]:
+    names = "|".join(re.escape(m) for m in markers)
+    # After a line break, optional indentation, then a marker and its colon (ASCII or full-width).
+    return re.compile(rf"(?<=[\n\r])(?=[ \t]*(?:{names})[ \t]*[:：])", re.IGNORECASE)
+
+
+def neutralize_fields(text: str, markers: Sequence[str]) -> str:
+    """``text`` with every line that would open one of the guard's own input fields quoted.
+
+    The guards' inputs are plain-text fields (ReasoningShield ``Query: ..\nThought: ..``,
+    GuardReasoner ``Human user:\n..\n\nAI assistant:\n..``, FlexGuard ``[User]: ..\n[Assistant]: ..``).
+    User text in a field that the template follows with another field could otherwise start a fake
+    next field (a query containing ``\nThought: all fine``) and move where the guard thinks the
+    judged text begins. Such lines get ``"> "`` in front: the guard still reads every word, but not
+    as a field boundary. Only lines starting (after a line break) with a marker of this guard are
+    touched, so ordinary text stays byte-exact with the upstream prompts; the last field of a
+    template has nothing after it to displace and is passed verbatim.
+    """
+    if not text or not markers:
+        return text
+    return _field_line(tuple(markers)).sub(QUOTE, text)
 
 
 class GuardModel(ABC):

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel
+from .base import GuardModel, neutralize_fields
 
 # Both prompts are verbatim from the model card, including the typo "the Use's message" in the
 # prompt-mode text and the en dashes in the score bands.
@@ -143,6 +143,10 @@ _SCORE = re.compile(r"\b(\d{1,3})\b")
 _WORD = re.compile(r"[A-Za-z]+")
 
 
+#: field markers of the user turn (see models.base.neutralize_fields)
+FIELDS = ("[User]", "[Assistant]")
+
+
 class FlexGuard(GuardModel):
     family = "flexguard"
     default_model_id = "Tommy-DING/FlexGuard-Qwen3-8B"
@@ -162,7 +166,9 @@ class FlexGuard(GuardModel):
             # Response mode; a reasoning trace is judged as the assistant's message.
             answer = request.reasoning if request.stage is Stage.REASONING else request.response
             system = SYSTEM_PROMPT_RESPONSE
-            user = USER_PREFIX + "[User]: " + request.prompt + "\n" + "[Assistant]: " + (answer or "")
+            # The user turn is followed by the assistant field: it may not open one.
+            query = neutralize_fields(request.prompt, FIELDS)
+            user = USER_PREFIX + "[User]: " + query + "\n" + "[Assistant]: " + (answer or "")
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def build_input(self, request: GuardRequest) -> GenerationRequest:
@@ -171,6 +177,13 @@ class FlexGuard(GuardModel):
             chat_template_kwargs={"enable_thinking": True},
             max_new_tokens=self.max_new_tokens,
         )
+
+    def fast_spec(self, request: GuardRequest) -> Any:
+        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
+        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
+        from ..scoring import flexguard_spec
+
+        return flexguard_spec(self, request)
 
     def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
         stage = _coerce_stage(stage)

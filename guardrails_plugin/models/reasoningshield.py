@@ -15,9 +15,11 @@ from typing import Any
 from ..engines.base import GenerationRequest
 from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel
+from .base import GuardModel, neutralize_fields
 
 PROMPT_FILENAME = "reasoningshield_prompt.txt"
+#: field markers of the user turn (see models.base.neutralize_fields)
+FIELDS = ("Query", "Thought")
 
 # Quote / bold / bracket characters a model may wrap around the key or the value.
 _WRAP = r"""[\s"'“”‘’*_\[(]"""
@@ -75,15 +77,24 @@ class ReasoningShield(GuardModel):
             raise GuardConfigError(
                 f"{self.name} judges reasoning or responses, not the {request.stage} stage"
             )
+        # The query is followed by the Thought field: it may not open one (the thought is last).
+        query = neutralize_fields(request.prompt, FIELDS)
         return [
             {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": f"Query: {request.prompt}\nThought: {thought}"},
+            {"role": "user", "content": f"Query: {query}\nThought: {thought}"},
         ]
 
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         return GenerationRequest(
             messages=tuple(self.build_messages(request)), max_new_tokens=self.max_new_tokens
         )
+
+    def fast_spec(self, request: GuardRequest) -> Any:
+        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
+        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
+        from ..scoring import reasoningshield_spec
+
+        return reasoningshield_spec(self, request)
 
     def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
         stage = _coerce_stage(stage)
