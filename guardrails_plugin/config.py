@@ -141,6 +141,8 @@ class GuardConfig(BaseSettings):
     @model_validator(mode="after")
     def _check_refs(self) -> GuardConfig:
         for stage, sc in self.stages.items():
+            if not sc.enabled:  # a disabled stage may keep default guard names the config dropped
+                continue
             missing = [g for g in sc.guards if g not in self.models]
             if missing:
                 raise ValueError(f"stage {stage}: unknown guard model(s) {missing}")

@@ -52,7 +52,7 @@ class Guard:
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
         self.hooks: list[DecisionHook] = []
         for stage, sc in self.config.stages.items():
-            for name in sc.guards:
+            for name in sc.guards if sc.enabled else ():
                 model = self.model(name)  # fail fast on unknown families / bad model dirs
                 if stage not in model.stages:
                     raise GuardConfigError(

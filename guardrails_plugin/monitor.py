@@ -307,6 +307,9 @@ class ReasoningMonitor:
             release = getattr(self.guard, "release_session", None)
             if release is not None:
                 release(str(self.metadata["session_id"]))
+            from .metrics import observe_monitor
+
+            observe_monitor(self.stats, guard=self.guard)
 
     async def _aclose_checks(self) -> Decision:
         with self._lock:

@@ -7,6 +7,7 @@ messages that the engine renders with the guard's own chat template (ReasoningSh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -75,3 +76,18 @@ def render_plain(request: GenerationRequest) -> str:
     parts = [f"<|{m['role']}|>\n{m['content']}" for m in request.messages or ()]
     parts.append("<|assistant|>\n" + request.assistant_prefix)
     return "\n".join(parts)
+
+
+# Chat-template control strings of the guard families (Llama-3 "<|eot_id|>", Qwen "<|im_end|>",
+# "<think>", tool tags). A server that renders and tokenises text itself (vLLM, SGLang) turns these
+# strings into real special tokens wherever they appear, user content included.
+_SPECIAL_TOKEN_TEXT = re.compile(r"<(?=\|[^<>|\s]{1,64}\|>|/?(?:think|tool_call|tool_response)>)")
+
+
+def defuse_special_tokens(text: str) -> str:
+    """``text`` with every special-token look-alike broken by a zero-width space after its "<".
+
+    For engines that send text to a server which tokenises it (OpenAIEngine): user content can then
+    never open a forged turn. The guard still reads the same characters, less one invisible one.
+    In-process engines do not need this: they encode user content without special-token parsing."""
+    return _SPECIAL_TOKEN_TEXT.sub("<\u200b", text)

@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 
 from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
-from .base import GenerationRequest, render_plain
+from .base import GenerationRequest, defuse_special_tokens, render_plain
 from .logprobs import Distribution, ScoreRequest, ScoreResult
 
 #: Retry-After values above this are ignored (normal backoff applies): a guard's deadline is
@@ -127,6 +127,7 @@ class OpenAIEngine:
         backoff_s: float = 0.2,
         max_connections: int = 64,
         name: str | None = None,
+        defuse_special_tokens: bool = True,
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
@@ -145,6 +146,9 @@ class OpenAIEngine:
         self.backoff_s = float(backoff_s)
         self.max_connections = int(max_connections)
         self.name = name or f"openai:{model}"
+        #: the server tokenises what we send, special-token strings included: break look-alikes
+        #: in prompts and message contents (never in the trusted assistant prefix)
+        self.defuse_special_tokens = bool(defuse_special_tokens)
         #: counters: requests (completions asked for), retries (re-sends after a retryable
         #: failure), failovers (moves to another base URL), failures (requests that raised)
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "failovers": 0, "failures": 0}
@@ -257,10 +261,12 @@ class OpenAIEngine:
         }
         if request.stop:
             body["stop"] = list(request.stop)
+        defuse = defuse_special_tokens if self.defuse_special_tokens else (lambda t: t)
         if not request.is_chat:
-            body["prompt"] = (request.prompt or "") + request.assistant_prefix
+            body["prompt"] = defuse(request.prompt or "") + request.assistant_prefix
             return "/v1/completions", body
-        messages = [dict(m) for m in request.messages or ()]
+        messages = [{**m, "content": defuse(m["content"])} if isinstance(m.get("content"), str) else dict(m)
+                    for m in request.messages or ()]
         if request.assistant_prefix:
             # vLLM prefill: leave the final assistant turn open and continue it.
             messages.append({"role": "assistant", "content": request.assistant_prefix})

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("guardrails_plugin.litellm")
 
-#: how often held chunks are re-examined while the upstream is quiet (checks complete off-loop)
-_POLL_S = 0.01
+#: re-examine held chunks at least this often while the upstream is quiet (a check started by a
+#: coalesced follow-up after the in-flight sample is not in the wait set)
+_SAFETY_WAKE_S = 0.05
 
 
 @dataclass
@@ -117,11 +118,10 @@ class _StreamGuard:
                     return d
         return None
 
-    def checking(self) -> bool:
-        """A check is in flight (its verdict may abort the stream before the next chunk comes)."""
+    def checks_in_flight(self) -> list[Any]:
+        """The running checks' futures (a verdict may abort the stream or release held text)."""
         mons = [*self.rmons, *([self.cmon] if self.cmon is not None else [])]
-        # TODO(monitor): use a public "check in flight" property once ReasoningMonitor has one.
-        return any(getattr(m, "_inflight", None) is not None for m in mons)
+        return [f for f in (m.check_in_flight for m in mons) if f is not None]
 
     def releasable(self) -> list[Any]:
         for m in self.rmons:
@@ -215,7 +215,7 @@ async def guard_stream(
     next_task: asyncio.Task[Any] | None = None
     upstream_done = False
     blocked: Decision | None = None
-    checking = False
+    checking: list[Any] = []
 
     async def _next() -> Any:
         return await it.__anext__()
@@ -226,9 +226,11 @@ async def guard_stream(
                 next_task = asyncio.ensure_future(_next())
             waiting: set[asyncio.Future[Any]] = {next_task} if next_task is not None else set()
             waiting.update(g for g in s.gates if not g.done())
+            # Wake when a check completes (checks run on the guard's own loop thread) rather than
+            # polling; the timeout is only a safety net for a check that starts after the sample.
+            waiting.update(asyncio.wrap_future(f) for f in checking)
             if waiting:
-                # Poll while something is held: checks complete on the guard's own loop thread.
-                await asyncio.wait(waiting, timeout=_POLL_S if s.held or checking else None,
+                await asyncio.wait(waiting, timeout=_SAFETY_WAKE_S if s.held or checking else None,
                                    return_when=asyncio.FIRST_COMPLETED)
             if next_task is not None and next_task.done():
                 task, next_task = next_task, None
@@ -244,7 +246,7 @@ async def guard_stream(
                         blocked = _internal_error(exc, s)
             # Sample "a check is in flight" BEFORE looking for a block: a check that completes after
             # the sample is caught by the next poll; one sampled as done is seen by blocking().
-            checking = s.checking()
+            checking = s.checks_in_flight()
             blocked = blocked or s.blocking()
             if blocked is not None:
                 break
