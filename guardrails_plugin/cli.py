@@ -796,20 +796,17 @@ def calibrate(
 # --------------------------------------------------------------------------------------------------
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                "help_option_names": []})
 def bench(ctx: typer.Context) -> None:
-    """Run benchmarks/engine_bench.py (source checkouts only); extra arguments are passed on."""
-    import runpy
+    """Benchmark the engines: latency per verdict (full / fast / cascade), throughput at batch
+    1/8/32/64, monitor cost per 1,000 reasoning tokens with and without KV reuse, each beside the
+    hardware floor. CPU with a tiny model, or GPU with real model shapes. `bench --help` for options."""
+    from .bench import main as bench_main
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_bench.py"
-    if not path.exists():
-        raise _fail(f"{path} not found: `bench` runs from a source checkout of guardrails-plugin")
-    old = sys.argv
-    sys.argv = [str(path), *ctx.args]
-    try:
-        runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = old
+    code = bench_main(list(ctx.args))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("serve-engine")
