@@ -267,7 +267,7 @@ class Guard:
             return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
                                   f"engine returned a {bad} completion")]
         verdicts = []
-        for (s, e), completion in zip(spans, completions):
+        for (s, e), completion in zip(spans, completions, strict=True):
             try:
                 v = model.parse(completion, request.stage)
             except Exception as exc:  # parsers never raise; if one does, it fails visibly

@@ -8,6 +8,7 @@ import pytest
 
 from guardrails_plugin.engines.base import GenerationRequest, defuse_special_tokens
 from guardrails_plugin.engines.openai_engine import OpenAIEngine
+
 try:
     from fake_openai_server import FakeOpenAIServer
 except ImportError:  # run from the repo root as a package

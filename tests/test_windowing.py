@@ -11,7 +11,7 @@ from guardrails_plugin.windowing import merge_spans, redact_spans, split_windows
 def test_windows_cover_every_char_and_respect_budget(text: str, max_chars: int, overlap: int) -> None:
     spans = split_windows(text, max_chars, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == len(text)
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+    for (s1, e1), (s2, _e2) in zip(spans, spans[1:], strict=False):
         assert s2 < e1 or e1 == s2  # contiguous or overlapping: no gap
         assert s2 > s1  # progress
     assert all(e - s <= max_chars for s, e in spans)

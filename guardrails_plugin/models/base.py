@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..engines.base import GenerationRequest
 from ..types import GuardRequest, Stage, Verdict
@@ -76,9 +76,28 @@ class GuardModel(ABC):
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         """The engine request for ``request`` (raw prompt or chat messages), byte-exact."""
 
+    def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
+        """The verdict in ``text`` (the guard's completion only, never the prompt). Never raises:
+        non-text input and parser bugs give an unparseable verdict (the stage's fail mode)."""
+        stage = _coerce_stage(stage)
+        if not isinstance(text, str):
+            why = f"completion is {type(text).__name__}, not str"
+            return self.unparseable(_as_text(text), stage, why)
+        try:
+            return self._parse(text, stage)
+        except Exception as exc:  # a bug here fails closed, visibly
+            return self.unparseable(text, stage, f"parser error: {exc!r}")
+
     @abstractmethod
-    def parse(self, text: str, stage: Stage | None = None) -> Verdict:
-        """The verdict in ``text`` (the guard's completion only, never the prompt). Never raises."""
+    def _parse(self, text: str, stage: Stage | None) -> Verdict:
+        """Family-specific parsing of a completion (may raise; ``parse`` contains it)."""
+
+    def fast_spec(self, request: GuardRequest) -> Any:
+        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
+        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
+        from .. import scoring
+
+        return getattr(scoring, f"{self.family}_spec")(self, request)
 
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         """The verdict for output that does not follow the protocol."""
@@ -97,3 +116,21 @@ class GuardModel(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _coerce_stage(stage: Any) -> Stage | None:
+    try:
+        return Stage(stage) if stage is not None else None
+    except ValueError:
+        return None
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    try:
+        return repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"

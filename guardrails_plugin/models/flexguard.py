@@ -9,7 +9,6 @@ The model answers ``<think>step1..step8</think>`` then a CATEGORY line and a RIS
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..types import GuardRequest, Stage, Verdict
@@ -178,23 +177,6 @@ class FlexGuard(GuardModel):
             max_new_tokens=self.max_new_tokens,
         )
 
-    def fast_spec(self, request: GuardRequest) -> Any:
-        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
-        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
-        from ..scoring import flexguard_spec
-
-        return flexguard_spec(self, request)
-
-    def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
-        stage = _coerce_stage(stage)
-        if not isinstance(text, str):
-            why = f"completion is {type(text).__name__}, not str"
-            return self.unparseable(_as_text(text), stage, why)
-        try:
-            return self._parse(text, stage)
-        except Exception as exc:  # parse() must never raise; a bug here fails closed, visibly
-            return self.unparseable(text, stage, f"parser error: {exc!r}")
-
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         close = text.rfind("</think>")
         opened = text.rfind("<think>")
@@ -233,23 +215,6 @@ class FlexGuard(GuardModel):
             raw_output=text,
         )
 
-
-def _coerce_stage(stage: Any) -> Stage | None:
-    try:
-        return Stage(stage) if stage is not None else None
-    except ValueError:
-        return None
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
 
 
 __all__ = ["FlexGuard", "SYSTEM_PROMPT_PROMPT", "SYSTEM_PROMPT_RESPONSE", "CATEGORIES"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..types import GuardRequest, Stage, Verdict
@@ -84,23 +83,6 @@ class GuardReasoner(GuardModel):
 
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         return GenerationRequest(prompt=self.build_prompt(request), max_new_tokens=self.max_new_tokens)
-
-    def fast_spec(self, request: GuardRequest) -> Any:
-        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
-        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
-        from ..scoring import guardreasoner_spec
-
-        return guardreasoner_spec(self, request)
-
-    def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
-        stage = _coerce_stage(stage)
-        if not isinstance(text, str):
-            why = f"completion is {type(text).__name__}, not str"
-            return self.unparseable(_as_text(text), stage, why)
-        try:
-            return self._parse(text, stage)
-        except Exception as exc:  # parse() must never raise; a bug here fails closed, visibly
-            return self.unparseable(text, stage, f"parser error: {exc!r}")
 
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         block = final_answers(text)
@@ -193,23 +175,6 @@ def _trailing_triple(text: str) -> _Block | None:
         return None
     return _Block(offsets[found[0][0]], {name: value for _, (name, value) in found})
 
-
-def _coerce_stage(stage: Any) -> Stage | None:
-    try:
-        return Stage(stage) if stage is not None else None
-    except ValueError:
-        return None
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
 
 
 __all__ = ["GuardReasoner", "INSTUCT", "NO_RESPONSE", "final_answers"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from functools import cache, cached_property
 from importlib import resources
-from typing import Any
 
 from ..engines.base import GenerationRequest
 from ..errors import GuardConfigError
@@ -89,23 +88,6 @@ class ReasoningShield(GuardModel):
             messages=tuple(self.build_messages(request)), max_new_tokens=self.max_new_tokens
         )
 
-    def fast_spec(self, request: GuardRequest) -> Any:
-        """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
-        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
-        from ..scoring import reasoningshield_spec
-
-        return reasoningshield_spec(self, request)
-
-    def parse(self, text: Any, stage: Stage | None = None) -> Verdict:
-        stage = _coerce_stage(stage)
-        if not isinstance(text, str):
-            why = f"completion is {type(text).__name__}, not str"
-            return self.unparseable(_as_text(text), stage, why)
-        try:
-            return self._parse(text, stage)
-        except Exception as exc:  # parse() must never raise; a bug here fails closed, visibly
-            return self.unparseable(text, stage, f"parser error: {exc!r}")
-
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         return super().unparseable(text, stage or Stage.REASONING, why)
 
@@ -142,23 +124,6 @@ def _analysis(text: str, end: int) -> str | None:
     body = head.strip().strip("\"'“”‘’*_,{} \n\t").strip()
     return body or None
 
-
-def _coerce_stage(stage: Any) -> Stage | None:
-    try:
-        return Stage(stage) if stage is not None else None
-    except ValueError:
-        return None
-
-
-def _as_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    try:
-        return repr(value)
-    except Exception:
-        return f"<{type(value).__name__}>"
 
 
 __all__ = ["ReasoningShield", "PROMPT_FILENAME", "builtin_prompt"]
