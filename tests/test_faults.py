@@ -243,7 +243,7 @@ def test_server_fails_one_of_several_concurrent_window_requests(srv: FakeOpenAIS
     assert sum("POISON" in r.prompt_text for r in reqs) >= 1
     assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR
     assert "HTTP 500" in d.reason
-    assert elapsed < 1.0, "the hanging windows were awaited instead of cancelled"
+    assert elapsed < 3.0, "the hanging windows (5 s each) were awaited instead of cancelled"
 
 
 async def test_one_failing_check_among_concurrent_checks(srv: FakeOpenAIServer) -> None:

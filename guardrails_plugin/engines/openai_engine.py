@@ -46,14 +46,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
 from .base import GenerationRequest, defuse_special_tokens, render_plain
 from .logprobs import Distribution, ScoreRequest, ScoreResult
+
+T = TypeVar("T")
 
 #: Retry-After values above this are ignored (normal backoff applies): a guard's deadline is
 #: seconds, so waiting a minute for an overloaded server is never useful.
@@ -172,14 +174,24 @@ class OpenAIEngine:
     async def generate(
         self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
     ) -> list[str]:
-        if not requests:
+        return await self._all_or_nothing(self._one, list(requests), timeout, "completion")
+
+    async def _all_or_nothing(
+        self,
+        call: Callable[[httpx.AsyncClient, Any, float], Awaitable[T]],
+        items: list[Any],
+        timeout: float | None,
+        what: str,
+    ) -> list[T]:
+        """``call`` on every item concurrently under one deadline; every result or an exception."""
+        if not items:
             return []
         budget = self.timeout_s if timeout is None else float(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         client = self._client()
-        self.stats["requests"] += len(requests)
-        tasks = [asyncio.ensure_future(self._one(client, r, deadline)) for r in requests]
+        self.stats["requests"] += len(items)
+        tasks = [asyncio.ensure_future(call(client, item, deadline)) for item in items]
         try:
             # wait_for is the backstop (DNS, pool waits): the per-attempt timeouts already stop
             # at the deadline; the small slack lets their clearer errors win the race.
@@ -188,8 +200,8 @@ class OpenAIEngine:
             )
         except asyncio.TimeoutError:
             await self._cancel(tasks)
-            self.stats["failures"] += len(requests)
-            raise GuardTimeoutError(f"{self.name}: no completion within the {budget:.2f}s deadline") from None
+            self.stats["failures"] += len(items)
+            raise GuardTimeoutError(f"{self.name}: no {what} within the {budget:.2f}s deadline") from None
         except BaseException:  # caller cancelled us: take the in-flight requests down too
             await self._cancel(tasks)
             raise
@@ -197,7 +209,7 @@ class OpenAIEngine:
         if failed:
             # Never a partial batch: cancel the rest and raise the first failure.
             await self._cancel(list(pending))
-            self.stats["failures"] += len(requests)
+            self.stats["failures"] += len(items)
             exc = failed[0].exception()
             for t in failed[1:]:
                 t.exception()  # mark retrieved, no "exception never retrieved" noise
@@ -431,25 +443,7 @@ class OpenAIEngine:
         come from the top ``min(top_k, 20)`` tokens, so candidates outside them count as 0. A probe
         costs a second request only when the greedy token was not the probe and the probe holds at
         least 1% of the probability."""
-        requests = list(requests)
-        if not requests:
-            return []
-        budget = self.timeout_s if timeout is None else float(timeout)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + budget
-        client = self._client()
-        self.stats["requests"] += len(requests)
-        tasks = [asyncio.ensure_future(self._score_one(client, r, deadline)) for r in requests]
-        try:
-            return list(await asyncio.wait_for(asyncio.gather(*tasks), budget + 0.05))
-        except asyncio.TimeoutError:
-            await self._cancel(tasks)
-            self.stats["failures"] += len(requests)
-            raise GuardTimeoutError(f"{self.name}: no score within the {budget:.2f}s deadline") from None
-        except BaseException:
-            await self._cancel(tasks)  # never a partial batch
-            self.stats["failures"] += len(requests)
-            raise
+        return await self._all_or_nothing(self._score_one, list(requests), timeout, "score")
 
     def _score_call(
         self, req: GenerationRequest, prefix: str, n_tokens: int, k: int
