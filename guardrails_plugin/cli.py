@@ -287,6 +287,8 @@ def decision_panel(d: Decision) -> Panel:
     body.add_column()
     body.add_row("stage", str(d.stage))
     body.add_row("reason", d.reason)
+    if d.detail:
+        body.add_row("detail", _shorten(d.detail, 200))
     body.add_row("risk", _risk_text(d))
     if d.categories:
         body.add_row("categories", ", ".join(d.categories))

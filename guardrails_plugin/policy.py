@@ -21,7 +21,7 @@ FAILURE_REASONS = {
     FailureKind.ENGINE_ERROR: "guard_unavailable",
     FailureKind.TIMEOUT: "guard_timeout",
     FailureKind.UNPARSEABLE: "guard_unparseable",
-    FailureKind.CIRCUIT_OPEN: "guard_unavailable: circuit open",
+    FailureKind.CIRCUIT_OPEN: "guard_unavailable",
     FailureKind.BAD_INPUT: "guard_bad_input",
 }
 
@@ -71,13 +71,17 @@ class Policy:
         if failed or not verdicts:
             kind = failed[0].failure if failed else FailureKind.ENGINE_ERROR
             kind = kind or FailureKind.UNPARSEABLE
+            # ``reason`` is a stable token callers can match; the engine's words go to ``detail``.
             why = FAILURE_REASONS[kind]
-            detail = (failed[0].parse_error if failed else None) or ""
+            detail = (failed[0].parse_error if failed else None) or "no verdict"
+            if kind is FailureKind.CIRCUIT_OPEN:
+                detail = f"circuit open: {detail}"
             if cfg.fail_mode_for(stage) == "closed":
                 return Decision(
                     action=Action.BLOCK,
                     text=cfg.refusal_message,
-                    reason=why + (f": {detail}" if detail else ""),
+                    reason=why,
+                    detail=detail,
                     failure=kind,
                     **common,
                 )
@@ -85,7 +89,8 @@ class Policy:
             return Decision(
                 action=Action.ALLOW,
                 text=text,
-                reason=f"{why} (fail-open)",
+                reason=why,
+                detail=f"{detail} (fail-open: allowed without a verdict)",
                 degraded=True,
                 failure=kind,
                 **common,
@@ -138,7 +143,8 @@ class Policy:
             action=Action.ALLOW,
             stage=request.stage,
             text=request.target,
-            reason="empty_text: nothing to check",
+            reason="empty_text",
+            detail="nothing to check",
             request_id=request.request_id,
             unguarded=list(unguarded or []),
         )

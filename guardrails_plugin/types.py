@@ -120,6 +120,9 @@ class Decision(BaseModel):
     categories: list[str] = Field(default_factory=list)
     degraded: bool = Field(False, description="Fail-open let content through without a verdict.")
     failure: FailureKind | None = Field(None, description="Set when the fail mode decided.")
+    detail: str | None = Field(
+        None, description="Free-text detail behind ``reason`` (e.g. the engine's error message)."
+    )
     hold: bool = Field(False, description="ESCALATE that holds the content until reviewed.")
     request_id: str = ""
     latency_ms: float = 0.0

@@ -168,7 +168,7 @@ def test_demo_tiny_runs_the_real_pipeline_and_says_verdicts_are_meaningless() ->
         assert name in r.stdout
     # random weights -> unparseable -> fail-closed BLOCK, on every example
     assert r.stdout.count("│ block ") == 6 and "allow" not in r.stdout
-    assert r.stdout.count("guard_unparseable:") == 6
+    assert r.stdout.count("guard_unparseable") >= 6  # the reason of each of the 6 rows (+ the notice)
     assert elapsed < 60, f"demo --tiny took {elapsed:.1f}s"
 
 

@@ -74,7 +74,7 @@ def test_redaction_replaces_only_flagged_windows() -> None:
 )
 def test_fail_closed_blocks_with_reason(failure: FailureKind, reason: str) -> None:
     d = Policy(GuardConfig()).decide(REQ, [v(1.0, ok=failure is not FailureKind.UNPARSEABLE, failure=failure)])
-    assert d.action is Action.BLOCK and d.failure is failure and d.reason.startswith(reason)
+    assert d.action is Action.BLOCK and d.failure is failure and d.reason == reason and d.detail
     assert not d.degraded
 
 
