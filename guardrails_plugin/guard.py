@@ -120,7 +120,9 @@ class Guard:
         return self._runtime.run(self._acheck(request))
 
     async def acheck(self, request: GuardRequest) -> Decision:
-        return await self._runtime.arun(self._acheck(request))
+        # Engines are loop-agnostic (thread-safe queues, one HTTP pool per loop), so an async
+        # caller runs the check on its own loop: no thread hop, no GIL hand-off per check.
+        return await self._acheck(request)
 
     def check_prompt(self, text: Any, **kw: Any) -> Decision:
         return self.check(self.request(Stage.PROMPT, prompt=text, **kw))

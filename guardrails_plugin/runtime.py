@@ -1,8 +1,10 @@
-"""One background event loop that owns all engine work.
+"""One background event loop for the library's sync API and the streaming monitors.
 
-Engines hold loop-bound state (httpx clients, micro-batching queues). Running every engine call on
-one private loop thread makes them safe to use from sync code, from any number of user event loops
-(a LangChain callback, a LiteLLM proxy, a notebook), and from several threads at once.
+Sync callers (``guard.check_prompt`` from plain code, a sync LangChain callback) and the
+ReasoningMonitor's off-token-path checks run their coroutines on this private loop thread, so they
+never need an event loop of their own and never block the caller's. Async callers (``acheck_*``)
+run checks on their own loop instead: engines are loop-agnostic, and skipping the thread hop saves a
+GIL hand-off per check under load.
 """
 
 from __future__ import annotations

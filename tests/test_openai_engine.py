@@ -422,7 +422,7 @@ def _transformers_cli() -> str | None:
 
 
 #: what the scripted tiny Qwen3 answers to any chat turn: a think block, then a verdict
-SCRIPTED_THINK, SCRIPTED_ANSWER = "step", "SAFE"
+SCRIPTED_THINK, SCRIPTED_ANSWER = "step", "SAFE\n7"
 
 
 def _script_think_block(model_dir: Path) -> None:
@@ -442,7 +442,9 @@ def _script_think_block(model_dir: Path) -> None:
     )
     if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
         prompt_ids = prompt_ids["input_ids"]
-    chain = [int(prompt_ids[-1]), tok.convert_tokens_to_ids("<think>")]
+    # Tri-grams, not pairs: a token that occurs twice in the chain ("\n") must not have two
+    # competing successors.
+    chain = [int(prompt_ids[-2]), int(prompt_ids[-1]), tok.convert_tokens_to_ids("<think>")]
     chain += tok.encode(SCRIPTED_THINK, add_special_tokens=False)
     chain += [tok.convert_tokens_to_ids("</think>")]
     chain += tok.encode(SCRIPTED_ANSWER, add_special_tokens=False)
@@ -452,7 +454,7 @@ def _script_think_block(model_dir: Path) -> None:
     for key in ("temperature", "top_k", "top_p"):
         cfg.pop(key, None)
     cfg["do_sample"] = False
-    cfg["sequence_bias"] = [[[a, b], 100.0] for a, b in zip(chain[:-1], chain[1:], strict=True)]
+    cfg["sequence_bias"] = [[[a, b, c], 100.0] for a, b, c in zip(chain, chain[1:], chain[2:], strict=False)]
     path.write_text(json.dumps(cfg, indent=2))
 
 
@@ -559,3 +561,25 @@ async def test_transformers_serve_unknown_model_is_an_engine_error(
     with pytest.raises(GuardEngineError):
         await e.generate([CHAT])
     await e.aclose()
+
+
+def test_guard_end_to_end_through_transformers_serve(tiny_served: tuple[LaunchedServer, str]) -> None:
+    """Guard -> FlexGuard adapter -> OpenAIEngine -> a real `transformers serve` -> parser -> policy.
+
+    The tiny Qwen3's generation config is biased to write a FlexGuard answer (think block, SAFE, 7),
+    so the verdict is a real parse of what came over HTTP, not a fail-mode outcome."""
+    from guardrails_plugin import Action, Guard, GuardConfig
+
+    server, model = tiny_served
+    cfg = GuardConfig.build(
+        models={"FlexGuard": {"family": "flexguard", "engine": "openai", "base_url": server.base_url,
+                              "served_model_name": model, "max_new_tokens": 32, "timeout_s": 60}},
+        stages={"prompt": {"guards": ["FlexGuard"]}, "reasoning": {"enabled": False},
+                "response": {"guards": ["FlexGuard"]}},
+    )
+    with Guard(cfg) as guard:
+        d = guard.check_prompt("is this safe?")
+        assert d.action is Action.ALLOW, d
+        (v,) = d.verdicts
+        assert v.parse_ok and v.guard == "FlexGuard" and v.label == "SAFE"
+        assert v.risk == pytest.approx(0.07) and v.rationale == SCRIPTED_THINK
