@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ class Guard:
         self._engine_override = engine
         self._models: dict[str, GuardModel] = {}
         self._engines: dict[tuple[Any, ...], Engine] = {}
+        self._engines_lock = threading.RLock()
         self._override: Engine | None = None  # the override, wrapped in its circuit breaker
         self._runtime: LoopThread = default_loop()
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
@@ -92,16 +94,34 @@ class Guard:
         With ``config.circuit.enabled`` (the default) it is a ``BreakerEngine``: ``generate`` goes
         through the engine's circuit breaker, everything else is delegated (``.inner`` is the
         engine itself)."""
-        if self._engine_override is not None:
-            if self._override is None:
-                self._override = self._with_breaker(self._engine_override)
+        with self._engines_lock:  # two first checks at once must not load the weights twice
+            if self._engine_override is not None:
+                if self._override is None:
+                    self._override = self._with_breaker(self._engine_override)
+                return self._override
+            key = self._engine_key(name)
+            if key not in self._engines:
+                self._engines[key] = self._with_breaker(build_engine(self.config.models[name], self.model(name)))
+            return self._engines[key]
+
+    def _engine_key(self, name: str) -> tuple[Any, ...]:
+        return engine_key(self.config.models[name], self.model(name))
+
+    async def _aengine(self, name: str) -> Engine:
+        """``engine(name)``, built in a worker thread on first use: loading weights takes seconds
+        and must not stall the caller's event loop."""
+        if self._override is not None:
             return self._override
-        mc = self.config.models[name]
-        model = self.model(name)
-        key = engine_key(mc, model)
-        if key not in self._engines:
-            self._engines[key] = self._with_breaker(build_engine(mc, model))
-        return self._engines[key]
+        built = self._engines.get(self._engine_key(name))
+        return built if built is not None else await asyncio.to_thread(self.engine, name)
+
+    def warmup(self) -> Guard:
+        """Build (load) the engines of every enabled stage now, e.g. at server start-up, so a
+        missing model fails loudly there instead of as fail-mode decisions later."""
+        for sc in self.config.stages.values():
+            for name in sc.guards if sc.enabled else ():
+                self.engine(name)
+        return self
 
     def _with_breaker(self, engine: Engine) -> Engine:
         cc = self.config.circuit
@@ -247,7 +267,7 @@ class Guard:
             return [self._failure(name, request.stage, FailureKind.BAD_INPUT, repr(exc))]
         start = time.perf_counter()
         try:
-            engine = self.engine(name)
+            engine = await self._aengine(name)
             completions = await asyncio.wait_for(
                 engine.generate(inputs, timeout=mc.timeout_s), timeout=mc.timeout_s
             )

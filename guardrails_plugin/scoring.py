@@ -270,7 +270,11 @@ async def run_scored(guard: Guard, name: str, request: GuardRequest) -> list[Ver
     cfg = guard.config
     model = guard.model(name)
     mc = cfg.models[name]
-    engine = guard.engine(name)
+    try:
+        engine = await guard._aengine(name)
+    except Exception as exc:  # e.g. weights missing: the stage's fail mode, never an exception
+        log.exception("engine for %s could not be built", name)
+        return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
     st = stats(guard)
     text = request.target
     spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)

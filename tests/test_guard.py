@@ -196,3 +196,17 @@ def test_partial_stage_override_keeps_the_stage_guards() -> None:
     cfg = GuardConfig(stages={"reasoning": {"check_every_tokens": 16}})
     assert cfg.stage(Stage.REASONING).guards == ["ReasoningShield-1B"]
     assert cfg.stage(Stage.REASONING).check_every_tokens == 16
+
+
+def test_missing_weights_fail_closed_at_check_time_and_loudly_at_warmup(tmp_path: Path) -> None:
+    cfg = GuardConfig.build(models={
+        "GuardReasoner-1B": {"family": "guardreasoner", "model": str(tmp_path / "missing")},
+        "ReasoningShield-1B": {"family": "reasoningshield", "model": str(tmp_path / "missing")},
+    })
+    guard = Guard(cfg)
+    d = guard.check_prompt("hello")
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR and d.reason == "guard_unavailable"
+    with pytest.raises(GuardConfigError):
+        guard.warmup()
+    fast = Guard(cfg.model_copy(update={"mode": "fast"}))
+    assert fast.check_prompt("hello").action is Action.BLOCK
