@@ -141,7 +141,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
     """LiteLLM CustomGuardrail running guardrails-plugin's guard models.
 
     ``GuardrailsPluginGuardrail(guard=None, guard_config=None, **litellm_kwargs)``: a ready Guard,
-    or a guard config (YAML path, mapping, GuardConfig); else ``Guard.default()``.
+    or a guard config (YAML path, mapping, GuardConfig); else ``Guard.default()``. The guard's
+    engines are built (weights loaded) when the proxy starts, unless ``warmup=False``.
     """
 
     # Keep our own pre/during/post/stream hooks even if a subclass adds apply_guardrail.
@@ -165,6 +166,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         stages: Iterable[str | Stage] | str | None = None,
         fail_mode: Literal["closed", "open"] | None = None,
         on_response_block: OnResponseBlock = "refuse",
+        warmup: bool = True,
         **kwargs: Any,
     ):
         kwargs.setdefault(
@@ -181,6 +183,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                 build_guard_config(guard_config, guard_settings, fail_mode)
             )
             self.stages = _parse_stages(stages)
+            if warmup:  # load the guard models at proxy start: a missing model stops the start
+                self.guard.warmup()
         except (ValueError, TypeError) as exc:
             # The proxy catches ValueError/TypeError from a guardrail's constructor, logs it and
             # starts WITHOUT the guardrail: unguarded traffic. Refuse to start instead.
