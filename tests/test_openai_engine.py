@@ -294,7 +294,7 @@ async def test_large_retry_after_beyond_deadline_fails_fast(
     t0 = time.monotonic()
     with pytest.raises(GuardTimeoutError):
         await e.generate([RAW], timeout=1.0)
-    assert time.monotonic() - t0 < 0.5  # did not sleep into the deadline
+    assert time.monotonic() - t0 < 0.9  # did not sleep into the 1 s deadline
     assert len(srv.completion_requests()) == 1
 
 
