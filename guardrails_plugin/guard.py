@@ -25,7 +25,7 @@ from .models import GuardModel, get_model_class
 from .policy import Policy
 from .runtime import LoopThread, default_loop
 from .types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
-from .windowing import split_windows
+from .windowing import clip_context, split_windows
 
 if TYPE_CHECKING:
     from .monitor import ReasoningMonitor
@@ -253,6 +253,7 @@ class Guard:
 
         model = self.model(name)
         mc: GuardModelConfig = self.config.models[name]
+        request = self.fit_context(name, request)
         text = request.target
         spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
         try:
@@ -299,6 +300,16 @@ class Guard:
                 v.model_copy(update={"latency_ms": latency_ms, "window": (s, e), "stage": request.stage})
             )
         return verdicts
+
+    def fit_context(self, name: str, request: GuardRequest) -> GuardRequest:
+        """``request`` with the query it carries as context clipped to a quarter of the guard's
+        input budget (reasoning and response checks), so every window still fits the guard."""
+        if request.stage is Stage.PROMPT:
+            return request
+        budget = max(1, self.config.models[name].max_input_chars // 4)
+        if len(request.prompt) <= budget:
+            return request
+        return request.model_copy(update={"prompt": clip_context(request.prompt, budget)})
 
     @staticmethod
     def _failure(name: str, stage: Stage, kind: FailureKind, why: str) -> Verdict:

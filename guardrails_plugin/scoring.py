@@ -276,6 +276,7 @@ async def run_scored(guard: Guard, name: str, request: GuardRequest) -> list[Ver
         log.exception("engine for %s could not be built", name)
         return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
     st = stats(guard)
+    request = guard.fit_context(name, request)
     text = request.target
     spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
     if not callable(getattr(engine, "score", None)):

@@ -32,6 +32,20 @@ def split_windows(text: str, max_chars: int, overlap: int) -> list[Span]:
         start = end - overlap
 
 
+def clip_context(text: str, max_chars: int) -> str:
+    """``text`` cut to about ``max_chars``: its head and tail around an explicit omission marker.
+
+    Only for context a check carries along (the user's query beside a judged reasoning trace or
+    answer), never for the judged text itself, which is windowed instead. The query is judged in
+    full by the prompt stage."""
+    if len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    tail = max_chars - head
+    omitted = len(text) - head - tail
+    return f"{text[:head]}\n[... {omitted} characters of the query omitted ...]\n{text[-tail:]}"
+
+
 def merge_spans(spans: list[Span]) -> list[Span]:
     """Overlapping or touching spans merged, sorted."""
     out: list[Span] = []
