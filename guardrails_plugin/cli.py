@@ -603,10 +603,13 @@ def _pct(x: float | None) -> str:
 def _metrics_table(report: dict[str, Any]) -> Table:
     t = Table(title=f"{report['dataset_name']}: {report['stage']} stage, positive = {report['positive_class']}, "
               f"n = {report['n']}, threshold {report['threshold']:g} ({report['source']})")
-    for col in ("scoring", "n", "precision", "recall", "F1", "accuracy", "TP", "FP", "FN", "TN"):
-        t.add_column(col, justify="right" if col != "scoring" else "left", no_wrap=col != "scoring")
-    for name, key in (("as configured", "metrics"), ("fail-closed (unparseable = flagged)", "metrics_fail_closed"),
-                      ("unparseable dropped", "metrics_unparseable_dropped")):
+    # Short headers so the table fits 80 columns; the caption says what they mean.
+    t.caption = ("P/R/F1/acc in %. configured: the policy as set; fail-closed: unparseable counted as "
+                 "flagged; dropped: unparseable left out (as the GuardReasoner authors' script does)")
+    for col in ("scoring", "n", "P", "R", "F1", "acc", "TP", "FP", "FN", "TN"):
+        t.add_column(col, justify="right" if col != "scoring" else "left", no_wrap=True)
+    for name, key in (("configured", "metrics"), ("fail-closed", "metrics_fail_closed"),
+                      ("dropped", "metrics_unparseable_dropped")):
         m = report[key]
         t.add_row(name, str(m["n"]), _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]),
                   _pct(m["accuracy"]), str(m["tp"]), str(m["fp"]), str(m["fn"]), str(m["tn"]))
