@@ -221,3 +221,16 @@ async def test_afeed_and_aclose_in_asyncio():
         await benign.afeed(p)
     d = await benign.aclose()
     assert d.action is Action.ALLOW and benign.drain() == filler(30)
+
+
+def test_discard_drops_pending_checks_and_releases_the_session():
+    guard, _ = scripted_guard(latency_s=0.05)
+    released: list[str] = []
+    guard.release_session = released.append  # type: ignore[method-assign]
+    mon = guard.reasoning_monitor(query="q", check_every_tokens=2)
+    for w in "a b c d e f g h".split():
+        mon.feed(w + " ")
+    mon.discard()
+    assert released == [mon.metadata["session_id"]]
+    with pytest.raises(RuntimeError):
+        mon.feed("more")

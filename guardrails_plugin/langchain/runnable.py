@@ -343,6 +343,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         st = self._new_state(query)
         shape = _Shape(self.output_key)
         source = self.runnable.stream(input, config, **kwargs)
+        finished = False
         try:
             for chunk in source:
                 if self._gate_due(st, chunk):
@@ -357,10 +358,13 @@ class GuardedRunnable(Runnable[Input, Output]):
                 if stop is not None:
                     yield from self._end(st, shape, stop)
                     return
+            finished = True
         finally:
             close = getattr(source, "close", None)
             if close is not None:
                 close()  # stops the model when we stop early
+            if not finished:  # blocked or abandoned: no end-of-trace checks, free engine state
+                _discard(st)
         decisions = []
         if self.check_reasoning:
             decisions.append(st.reasoning.close())  # type: ignore[union-attr]
@@ -382,6 +386,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         st = self._new_state(query)
         shape = _Shape(self.output_key)
         source = self.runnable.astream(input, config, **kwargs)
+        finished = False
         try:
             async for chunk in source:
                 if self._gate_due(st, chunk):
@@ -399,10 +404,13 @@ class GuardedRunnable(Runnable[Input, Output]):
                     for c in self._end(st, shape, stop):
                         yield c
                     return
+            finished = True
         finally:
             aclose = getattr(source, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if not finished:
+                _discard(st)
         decisions = []
         if self.check_reasoning:
             decisions.append(await st.reasoning.aclose())  # type: ignore[union-attr]
@@ -410,6 +418,11 @@ class GuardedRunnable(Runnable[Input, Output]):
             decisions.append(await st.answer.aclose())  # type: ignore[union-attr]
         for c in self._finish(st, shape, decisions):
             yield c
+
+
+def _discard(st: StreamState) -> None:
+    for mon in {id(m): m for m in (*st.reasoning_segments, st.reasoning, st.answer) if m is not None}.values():
+        mon.discard()
 
 
 def guard_runnable(runnable: Runnable[Any, Any], guard: Guard, **kwargs: Any) -> GuardedRunnable[Any, Any]:
