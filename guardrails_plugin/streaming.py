@@ -92,3 +92,36 @@ def extract_deltas(chunk: Any) -> tuple[str, str]:
                 if reasoning:
                     break
     return reasoning, content_text
+
+
+def tool_call_text(obj: Any) -> str:
+    """Tool calls carried by a message or a streamed delta, as text a guard can read.
+
+    A tool call's arguments are model output as much as its answer is (an agent's e-mail body, a
+    shell command), so they are guarded with the answer. A complete call reads
+    ``[tool call] name(arguments)``; a streamed call gives ``\n[tool call] name(`` with the fragment
+    that carries the name and bare argument fragments after it, so the pieces concatenate into the
+    same text. Also reads a chunk's ``choices[0].delta`` / ``.message``."""
+    if obj is None:
+        return ""
+    choices = _get(obj, "choices")
+    if choices:
+        first = choices[0]
+        obj = _get(first, "delta") or _get(first, "message")
+    calls = _get(obj, "tool_calls") if obj is not None else None
+    if not calls:
+        fc = _get(obj, "function_call") if obj is not None else None
+        calls = [{"function": fc}] if fc else []
+    out: list[str] = []
+    for call in calls:
+        fn = _get(call, "function")
+        if fn is None:
+            continue
+        name = _text_of(_get(fn, "name"))
+        args = _text_of(_get(fn, "arguments"))
+        if name:
+            out.append(f"\n[tool call] {name}(" + args)
+        else:
+            out.append(args)
+    text = "".join(out)
+    return text

@@ -81,3 +81,53 @@ async def test_stages_restrict_checks():
     r = response("all fine", reasoning="a bomb plan")  # reasoning not guarded by this guardrail
     out = await g.async_post_call_success_hook(data={}, user_api_key_dict=None, response=r)
     assert out.choices[0].message.content == "all fine"
+
+
+def tool_response(arguments: str, content: str | None = None) -> ModelResponse:
+    msg = {"role": "assistant", "content": content, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "send_email", "arguments": arguments}}]}
+    return ModelResponse(choices=[{"index": 0, "finish_reason": "tool_calls", "message": msg}], model="m")
+
+
+async def test_post_call_guards_tool_call_arguments_and_drops_blocked_calls():
+    g = make()
+    data = {"messages": [{"role": "user", "content": "q"}]}
+    ok = await g.async_post_call_success_hook(data=data, user_api_key_dict=None,
+                                             response=tool_response('{"body": "lunch at noon?"}'))
+    assert ok.choices[0].message.tool_calls[0].function.arguments == '{"body": "lunch at noon?"}'
+    assert ok.choices[0].finish_reason == "tool_calls"
+    bad = await g.async_post_call_success_hook(data=data, user_api_key_dict=None,
+                                              response=tool_response('{"body": "how to build a bomb"}'))
+    msg = bad.choices[0].message
+    assert not getattr(msg, "tool_calls", None)  # the refused turn's tool never runs
+    assert msg.content == "I can't help with that." and bad.choices[0].finish_reason == "content_filter"
+
+
+async def test_stream_holds_and_guards_tool_call_deltas():
+    from litellm.types.utils import ModelResponseStream
+
+    def chunk(delta: dict, finish: str | None = None) -> ModelResponseStream:
+        return ModelResponseStream(choices=[{"index": 0, "delta": delta, "finish_reason": finish}], model="m")
+
+    def tool_delta(args: str, name: str | None = None) -> dict:
+        fn = {"arguments": args, **({"name": name} if name else {})}
+        return {"tool_calls": [{"index": 0, "id": "call_1" if name else None, "type": "function", "function": fn}]}
+
+    async def upstream(pieces):
+        for p in pieces:
+            yield p
+
+    g = make()
+    data = {"messages": [{"role": "user", "content": "q"}], "model": "m"}
+    benign = [chunk({"reasoning_content": "plan an email. "}), chunk(tool_delta('{"body": ', "send_email")),
+              chunk(tool_delta('"lunch?"}')), chunk({}, "tool_calls")]
+    out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(benign), data)]
+    assert [c.choices[0].finish_reason for c in out][-1] == "tool_calls"
+    assert sum(1 for c in out if c.choices[0].delta.tool_calls) == 2
+
+    harmful = [chunk({"reasoning_content": "plan an email. "}), chunk(tool_delta('{"body": ', "send_email")),
+               chunk(tool_delta('"how to build a bomb"}')), chunk({}, "tool_calls")]
+    out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(harmful), data)]
+    assert out[-1].choices[0].finish_reason == "content_filter"
+    sent_args = "".join(tc.function.arguments or "" for c in out for tc in (c.choices[0].delta.tool_calls or []))
+    assert "bomb" not in sent_args  # held back until checked, then never released

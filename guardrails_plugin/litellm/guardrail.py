@@ -38,6 +38,7 @@ from litellm.types.guardrails import GuardrailEventHooks
 from ..config import GuardConfig
 from ..errors import GuardConfigError, GuardInputError
 from ..guard import Guard
+from ..streaming import tool_call_text
 from ..types import Action, Decision, GuardRequest, Stage
 
 log = logging.getLogger("guardrails_plugin.litellm")
@@ -274,17 +275,31 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             checks[Stage.REASONING] = self.guard.acheck_reasoning(query=query, reasoning=reasoning, metadata=meta)
         if isinstance(content, str) and content and self.guards(Stage.RESPONSE):
             checks[Stage.RESPONSE] = self.guard.acheck_response(prompt=query, response=content, metadata=meta)
-        if not checks:
+        tools = tool_call_text(message).strip()
+        if tools and self.guards(Stage.RESPONSE):
+            # Tool-call arguments are model output too; they cannot be partially redacted (JSON),
+            # so a REDACT of them blocks like a BLOCK.
+            tool_check = self.guard.acheck_response(prompt=query, response=tools, metadata={**meta, "part": "tool_calls"})
+        else:
+            tool_check = None
+        if not checks and tool_check is None:
             return
-        decisions = dict(zip(checks, await asyncio.gather(*checks.values()), strict=False))
+        keys = list(checks)
+        results = await asyncio.gather(*checks.values(), *([tool_check] if tool_check else []))
+        decisions = dict(zip(keys, results[: len(keys)], strict=True))
+        tool_decision = results[len(keys)] if tool_check else None
         blocking = next((d for d in decisions.values() if d.blocked), None)
+        if blocking is None and tool_decision is not None and (
+            tool_decision.blocked or tool_decision.action is Action.REDACT
+        ):
+            blocking = tool_decision
         if blocking is not None:
             if self.on_response_block == "error":
                 raise blocked_exception(blocking, self._name())
-            message.content = blocking.text
-            for attr in ("reasoning_content", "thinking_blocks"):
+            message.content = blocking.text if blocking.blocked else self.guard.config.refusal_message
+            for attr in ("reasoning_content", "thinking_blocks", "tool_calls", "function_call"):
                 if getattr(message, attr, None) is not None:
-                    setattr(message, attr, None)
+                    setattr(message, attr, None)  # a refused turn must not run its tools
             choice.finish_reason = "content_filter"
             return
         r = decisions.get(Stage.REASONING)

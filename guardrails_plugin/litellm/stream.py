@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..monitor import ReasoningMonitor
-from ..streaming import extract_deltas
+from ..streaming import extract_deltas, tool_call_text
 from ..types import Action, Decision, Stage
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class _StreamGuard:
     def feed(self, chunk: Any) -> None:
         self.last_chunk = chunk
         reasoning, content = extract_deltas(chunk)
+        # Tool-call arguments are guarded (and held back) with the answer.
+        content += tool_call_text(chunk)
         if reasoning and self.guard_reasoning:
             self._rmon().feed(reasoning)
             self.reasoning_fed += len(reasoning)
