@@ -8,6 +8,7 @@ OpenAI-compatible servers), OpenAI-style ``delta.reasoning_content`` and vLLM's 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -115,6 +116,10 @@ def tool_call_text(obj: Any) -> str:
     out: list[str] = []
     for call in calls:
         fn = _get(call, "function")
+        if fn is None and _get(call, "name"):  # LangChain ToolCall: {"name", "args": {...}}
+            args = _get(call, "args")
+            out.append(f"\n[tool call] {_get(call, 'name')}({json.dumps(args, ensure_ascii=False, default=str)})")
+            continue
         if fn is None:
             continue
         name = _text_of(_get(fn, "name"))

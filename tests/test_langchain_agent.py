@@ -285,3 +285,32 @@ def test_example_runs_offline(mode):
     assert "block at prompt" in text and "model calls: 0" in text
     assert "block at reasoning" in text and "Here is how to build it" not in text
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_harmful_tool_call_arguments_are_refused_before_the_tool_runs(use_async):
+    guard, _ = scripted_guard(latency_s=0.0)
+    ran = []
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look something up."""
+        ran.append(q)
+        return "result"
+
+    turns = [Turn("benign plan", "", [{"name": "lookup", "args": {"q": f"the {MARKER} recipe"}, "id": "c1"}]),
+             Turn("fine", "done")]
+    model = ScriptedReasoningChatModel(turns=turns, style=STYLES[0], output_version="v1")
+    agent = _agent(model, guard, tools=[lookup])
+    state = await agent.ainvoke(_user("q")) if use_async else agent.invoke(_user("q"))
+    ais = _ai_messages(state)
+    assert len(ais) == 1 and ais[0].content == guard.config.refusal_message
+    assert ais[0].tool_calls == [] and ran == [] and model.calls == 1
+
+    # benign arguments: the tool runs
+    ran.clear()
+    benign = [Turn("plan", "", [{"name": "lookup", "args": {"q": "weather"}, "id": "c1"}]), Turn("fine", "done")]
+    model = ScriptedReasoningChatModel(turns=benign, style=STYLES[0], output_version="v1")
+    agent = _agent(model, guard, tools=[lookup])
+    await agent.ainvoke(_user("q")) if use_async else agent.invoke(_user("q"))
+    assert ran == ["weather"]

@@ -29,7 +29,7 @@ from langgraph.runtime import Runtime
 from ..content import normalize_text
 from ..errors import GuardrailViolation
 from ..guard import Guard
-from ..streaming import extract_deltas
+from ..streaming import extract_deltas, tool_call_text
 from ..types import Action, Decision
 from ._common import (
     META_KEY,
@@ -175,6 +175,10 @@ class GuardMiddleware(AgentMiddleware):
             return self._tool_update(blocked)
         return None
 
+    def _tool_text(self, msg: Any) -> str:
+        """The AI message's tool calls as text (their arguments are model output too)."""
+        return tool_call_text(msg).strip() if self.check_response else ""
+
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         msg = self._last_ai(state)
@@ -185,6 +189,9 @@ class GuardMiddleware(AgentMiddleware):
         rd = self.guard.check_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
         if rd is not None and rd.blocked:
             return self._end_with(rd, like=msg)
+        td = self.guard.check_response(query, tools) if (tools := self._tool_text(msg)) else None
+        if td is not None and (td.blocked or td.action is Action.REDACT):
+            return self._end_with(td, like=msg)  # a refused turn must not run its tools
         ad = self.guard.check_response(query, text) if self.check_response and text else None
         return self._after(msg, rd, ad)
 
@@ -198,6 +205,9 @@ class GuardMiddleware(AgentMiddleware):
         rd = await self.guard.acheck_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
         if rd is not None and rd.blocked:
             return self._end_with(rd, like=msg)
+        td = await self.guard.acheck_response(query, tools) if (tools := self._tool_text(msg)) else None
+        if td is not None and (td.blocked or td.action is Action.REDACT):
+            return self._end_with(td, like=msg)  # a refused turn must not run its tools
         ad = await self.guard.acheck_response(query, text) if self.check_response and text else None
         return self._after(msg, rd, ad)
 
