@@ -109,6 +109,14 @@ def tool_call_text(obj: Any) -> str:
     if choices:
         first = choices[0]
         obj = _get(first, "delta") or _get(first, "message")
+    # LangChain message chunks carry raw argument fragments in tool_call_chunks (their parsed
+    # tool_calls are empty until the JSON closes).
+    chunks = _get(obj, "tool_call_chunks") if obj is not None else None
+    if chunks:
+        return "".join(
+            (f"\n[tool call] {_get(c, 'name')}(" if _get(c, "name") else "") + _text_of(_get(c, "args"))
+            for c in chunks
+        )
     calls = _get(obj, "tool_calls") if obj is not None else None
     if not calls:
         fc = _get(obj, "function_call") if obj is not None else None

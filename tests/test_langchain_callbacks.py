@@ -184,3 +184,17 @@ async def test_without_the_gate_the_answer_streams_before_the_final_check():
             got_a += extract_deltas(chunk)[1]
     assert err.value.decision.stage is Stage.REASONING
     assert got_a == turn["answer"]  # caught only at the end: what the gate prevents
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_streamed_tool_call_arguments_are_checked(style):
+    guard, _ = scripted_guard(latency_s=0.0)
+    turn = Turn("plan the call.", "", [{"name": "lookup", "args": {"q": f"the {MARKER} recipe"}, "id": "c1"}])
+    handler = GuardCallbackHandler(guard)
+    with pytest.raises(GuardrailViolation) as err:
+        for _ in _model(turn, style).stream("q", config={"callbacks": [handler]}):
+            pass
+    assert err.value.decision.stage is Stage.RESPONSE
+    # benign arguments stream through
+    ok = Turn("plan the call.", "", [{"name": "lookup", "args": {"q": "weather"}, "id": "c1"}])
+    list(_model(ok, style).stream("q", config={"callbacks": [GuardCallbackHandler(guard)]}))

@@ -46,7 +46,7 @@ from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResu
 from ..errors import GuardrailViolation
 from ..guard import Guard
 from ..monitor import ReasoningMonitor
-from ..streaming import extract_deltas
+from ..streaming import extract_deltas, tool_call_text
 from ..types import Action, Decision, Stage
 from ._common import newest_human_content
 
@@ -166,6 +166,7 @@ class _GuardCallbackBase:
         self._raise_if_aborted(state)
         if isinstance(chunk, ChatGenerationChunk):
             reasoning, text = extract_deltas(chunk.message)
+            text += tool_call_text(chunk.message)  # tool-call arguments are judged with the answer
         elif isinstance(chunk, GenerationChunk):  # a completion (non-chat) LLM
             reasoning, text = "", chunk.text
         else:
@@ -267,6 +268,7 @@ class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
         if msg is None:
             return
         reasoning, text = extract_deltas(msg)
+        text += tool_call_text(msg)
         if reasoning and self.check_reasoning:
             self._raise_if(state, self.guard.check_reasoning(state.query, reasoning))
         if text and self.check_response:
@@ -318,6 +320,7 @@ class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
         if msg is None:
             return
         reasoning, text = extract_deltas(msg)
+        text += tool_call_text(msg)
         if reasoning and self.check_reasoning:
             self._raise_if(state, await self.guard.acheck_reasoning(state.query, reasoning))
         if text and self.check_response:
