@@ -225,3 +225,30 @@ async def test_answer_waits_for_the_reasoning_final_check(style):
     ungated = GuardedRunnable(model, guard, check_every_tokens=1000, gate_answer=False, hold_back_answer=False)
     got_r, got_a, _ = _collect(ungated.stream("q"))
     assert got_a.startswith(turn["answer"]) and got_a.endswith(guard.config.refusal_message)
+
+
+# -- tool calls -------------------------------------------------------------------------------
+
+
+def _tool_turn(q: str) -> Turn:
+    return Turn("plan the call.", "", [{"name": "lookup", "args": {"q": q}, "id": "c1"}])
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_invoke_refuses_harmful_tool_call_arguments(style):
+    guard, _ = scripted_guard(latency_s=0.0)
+    out = GuardedRunnable(_model(_tool_turn(f"the {MARKER} recipe"), style), guard).invoke("q")
+    assert isinstance(out, AIMessage) and out.content == guard.config.refusal_message and not out.tool_calls
+    out = await GuardedRunnable(_model(_tool_turn("weather"), style), guard).ainvoke("q")
+    assert out.tool_calls and out.tool_calls[0]["args"] == {"q": "weather"}
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_stream_holds_tool_call_chunks_until_checked(style):
+    guard, _ = scripted_guard(latency_s=0.0)
+    chunks = list(GuardedRunnable(_model(_tool_turn(f"the {MARKER} recipe"), style), guard).stream("q"))
+    assert not any(getattr(c, "tool_call_chunks", None) for c in chunks)  # never released
+    assert extract_deltas(chunks[-1])[1] == guard.config.refusal_message
+    chunks = [c async for c in GuardedRunnable(_model(_tool_turn("weather"), style), guard).astream("q")]
+    sent = [tc for c in chunks for tc in (getattr(c, "tool_call_chunks", None) or [])]
+    assert sent and sent[0]["name"] == "lookup" and "weather" in sent[0]["args"]

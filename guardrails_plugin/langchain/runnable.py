@@ -29,6 +29,7 @@ from langchain_core.runnables.utils import Input, Output
 from ..errors import GuardrailViolation
 from ..guard import Guard
 from ..monitor import ReasoningMonitor
+from ..streaming import tool_call_text
 from ..types import Action, Decision, Stage
 from ._common import META_KEY, decision_meta, prompt_of, rebuild_message, refusal_chunk, split_output
 
@@ -48,6 +49,8 @@ class StreamState:
     chunks_in: int = 0
     decisions: list[Decision] = field(default_factory=list)
     gated: bool = False  # the reasoning before the answer has had its final check
+    held_tools: list[Any] = field(default_factory=list)  # tool-call chunks, held until checked
+    tool_text: str = ""
     reasoning_segments: list[ReasoningMonitor] = field(default_factory=list)
 
 
@@ -169,7 +172,9 @@ class GuardedRunnable(Runnable[Input, Output]):
         reasoning, text = split_output(out, self.output_key)
         rd = self.guard.check_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
         ad = self.guard.check_response(query, text) if self.check_response and text else None
-        return self._apply(out, reasoning, text, rd, ad)
+        tools = self._tool_text(out)
+        td = self.guard.check_response(query, tools) if tools else None
+        return self._apply(out, reasoning, text, rd, ad, td)
 
     async def ainvoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
         query = self._query(input)
@@ -181,12 +186,17 @@ class GuardedRunnable(Runnable[Input, Output]):
         reasoning, text = split_output(out, self.output_key)
         rd = await self.guard.acheck_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
         ad = await self.guard.acheck_response(query, text) if self.check_response and text else None
-        return self._apply(out, reasoning, text, rd, ad)
+        tools = self._tool_text(out)
+        td = await self.guard.acheck_response(query, tools) if tools else None
+        return self._apply(out, reasoning, text, rd, ad, td)
 
-    def _apply(self, out: Any, reasoning: str, text: str, rd: Decision | None, ad: Decision | None) -> Any:
-        for d in (rd, ad):
+    def _apply(
+        self, out: Any, reasoning: str, text: str, rd: Decision | None, ad: Decision | None,
+        td: Decision | None = None,
+    ) -> Any:
+        for d in (rd, ad, self._tools_verdict(td)):
             if d is not None and d.blocked:
-                return self._blocked(d, out)
+                return self._blocked(d, out)  # the refusal carries no tool calls
         new_reasoning = rd.text if rd is not None and rd.action is Action.REDACT else reasoning
         new_text = ad.text if ad is not None and ad.action is Action.REDACT else text
         if new_reasoning == reasoning and new_text == text:
@@ -220,6 +230,18 @@ class GuardedRunnable(Runnable[Input, Output]):
             key = self.output_key or next((k for k in ("output", "answer", "text") if k in out), "output")
             return {**out, key: d.text}
         return d.text
+
+    def _tools_verdict(self, d: Decision | None) -> Decision | None:
+        """A tool call cannot be partly redacted (its arguments are JSON): REDACT blocks it."""
+        if d is not None and d.action is Action.REDACT:
+            return d.model_copy(update={"action": Action.BLOCK, "text": self.guard.config.refusal_message})
+        return d
+
+    def _tool_text(self, out: Any) -> str:
+        """Tool calls of a message output (or chunk), as text: their arguments are model output."""
+        if not self.check_response or not isinstance(out, BaseMessage):
+            return ""
+        return tool_call_text(out).strip()
 
     def _is_chat_model(self) -> bool:
         r: Any = self.runnable
@@ -266,8 +288,13 @@ class GuardedRunnable(Runnable[Input, Output]):
         st.chunks_in += 1
         reasoning, text = split_output(chunk, self.output_key)
         if not reasoning and not text:
-            # No text (tool-call chunks, usage metadata): nothing to judge. It goes out at once
-            # unless the stream has already been stopped.
+            tools = self._tool_text(chunk)
+            if tools:  # tool-call fragments: held until the end-of-stream check of their text
+                st.held_tools.append(chunk)
+                st.tool_text += tools
+                return [], self._stopper(st)
+            # No text (usage metadata): nothing to judge. It goes out at once unless the stream
+            # has already been stopped.
             return ([] if self._stopper(st) else [chunk]), self._stopper(st)
         shape.learn(chunk)
         if reasoning and self.check_reasoning:
@@ -330,7 +357,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         stop = self._stopper(st) or next((d for d in decisions if d.blocked), None)
         if stop is not None:
             return self._end(st, shape, stop)
-        return self._released(st, shape, "", "", None)
+        return self._released(st, shape, "", "", None) + st.held_tools
 
     def stream(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Output]:
         query = self._query(input)
@@ -370,6 +397,8 @@ class GuardedRunnable(Runnable[Input, Output]):
             decisions.append(st.reasoning.close())  # type: ignore[union-attr]
         if self.check_response:
             decisions.append(st.answer.close())  # type: ignore[union-attr]
+        if st.tool_text:
+            decisions.append(self._tools_verdict(self.guard.check_response(st.query, st.tool_text)))
         yield from self._finish(st, shape, decisions)
 
     async def astream(
@@ -416,6 +445,8 @@ class GuardedRunnable(Runnable[Input, Output]):
             decisions.append(await st.reasoning.aclose())  # type: ignore[union-attr]
         if self.check_response:
             decisions.append(await st.answer.aclose())  # type: ignore[union-attr]
+        if st.tool_text:
+            decisions.append(self._tools_verdict(await self.guard.acheck_response(st.query, st.tool_text)))
         for c in self._finish(st, shape, decisions):
             yield c
 
