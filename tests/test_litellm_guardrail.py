@@ -131,3 +131,14 @@ async def test_stream_holds_and_guards_tool_call_deltas():
     assert out[-1].choices[0].finish_reason == "content_filter"
     sent_args = "".join(tc.function.arguments or "" for c in out for tc in (c.choices[0].delta.tool_calls or []))
     assert "bomb" not in sent_args  # held back until checked, then never released
+
+
+async def test_unloadable_guard_model_is_logged_and_fails_closed(tmp_path, caplog):
+    cfg = {"models": {"GuardReasoner-1B": {"family": "guardreasoner", "model": str(tmp_path / "missing")},
+                      "ReasoningShield-1B": {"family": "reasoningshield", "model": str(tmp_path / "missing")}}}
+    g = GuardrailsPluginGuardrail(guard_config=cfg, guardrail_name="t", event_hook="pre_call")
+    assert "could not load its guard models" in caplog.text
+    with pytest.raises(HTTPException) as ei:
+        await g.async_pre_call_hook(user_api_key_dict=None, cache=None,
+                                    data={"messages": [{"role": "user", "content": "hi"}]}, call_type="completion")
+    assert ei.value.status_code == 400 and ei.value.detail["reason"] == "guard_unavailable"

@@ -143,7 +143,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
 
     ``GuardrailsPluginGuardrail(guard=None, guard_config=None, **litellm_kwargs)``: a ready Guard,
     or a guard config (YAML path, mapping, GuardConfig); else ``Guard.default()``. The guard's
-    engines are built (weights loaded) when the proxy starts, unless ``warmup=False``.
+    engines are built (weights loaded) when the proxy starts, unless ``warmup=False``; a model that
+    cannot be loaded is logged as an error and its checks end in their fail mode.
     """
 
     # Keep our own pre/during/post/stream hooks even if a subclass adds apply_guardrail.
@@ -184,14 +185,19 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                 build_guard_config(guard_config, guard_settings, fail_mode)
             )
             self.stages = _parse_stages(stages)
-            if warmup:  # load the guard models at proxy start: a missing model stops the start
-                self.guard.warmup()
         except (ValueError, TypeError) as exc:
             # The proxy catches ValueError/TypeError from a guardrail's constructor, logs it and
             # starts WITHOUT the guardrail: unguarded traffic. Refuse to start instead.
             raise GuardrailStartupError(f"guardrail {self._name()!r} not started: {exc}") from exc
         self.on_response_block: OnResponseBlock = on_response_block
         self.guard.hooks.append(self._log_decision)
+        if warmup:  # load the guard models at proxy start rather than on the first request
+            try:
+                self.guard.warmup()
+            except Exception:
+                # Still safe: every check then ends in its stage's fail mode (closed by default).
+                log.exception("guardrail %r could not load its guard models; checks will fail %s",
+                              self._name(), self.guard.config.fail_mode)
 
     # -- helpers ------------------------------------------------------------------------------
     def _name(self) -> str:
