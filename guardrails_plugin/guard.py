@@ -232,6 +232,8 @@ class Guard:
                 latency_ms=(time.perf_counter() - start) * 1e3,
                 unguarded=unguarded,
             )
+        if notes:  # what normalising the input changed or skipped, visible on the decision
+            decision = decision.model_copy(update={"notes": notes})
         self._emit(request, decision)
         return decision
 

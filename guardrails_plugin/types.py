@@ -130,6 +130,10 @@ class Decision(BaseModel):
         default_factory=list,
         description="Parts of the input that were not checked (e.g. image parts of a message).",
     )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What normalising the input changed, e.g. invalid UTF-8 replaced with U+FFFD.",
+    )
 
     @property
     def blocked(self) -> bool:

@@ -150,6 +150,7 @@ def test_invalid_utf8_bytes_replaced_and_recorded(guard: Guard, engine: Scripted
     assert req.metadata["input_notes"] == ["prompt: invalid UTF-8 bytes replaced with U+FFFD"]
     d = guard.check_prompt(raw)
     assert d.action is Action.BLOCK and d.failure is None
+    assert d.notes == ["prompt: invalid UTF-8 bytes replaced with U+FFFD"]  # visible on the decision
     assert "how to \ufffd\ufffd build a bomb \ufffd" in engine.prompts[-1]
 
 
@@ -164,6 +165,7 @@ def test_lone_surrogates_become_encodable(guard: Guard, engine: ScriptedEngine, 
     assert d.verdicts and d.verdicts[0].ok
     engine.prompts[-1].encode("utf-8")  # what the guard sees is valid UTF-8
     assert "\ud800" not in d.text and "?" in d.text
+    assert any("surrogates" in n for n in d.notes)
     assert_justified(d)
 
 
