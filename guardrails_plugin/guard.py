@@ -279,6 +279,11 @@ class Guard:
         except GuardEngineError as exc:
             kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
             return [self._failure(name, request.stage, kind, str(exc))]
+        except asyncio.CancelledError:
+            if _we_are_cancelled():
+                raise
+            # The engine cancelled something of its own and let it escape: an engine failure.
+            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, "engine raised CancelledError")]
         except Exception as exc:  # any engine bug is an engine failure, never an unhandled error
             log.exception("engine for %s failed", name)
             return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
@@ -379,3 +384,11 @@ class Guard:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _we_are_cancelled() -> bool:
+    """True when the running task itself is being cancelled (so CancelledError must propagate).
+    Python 3.10 cannot tell; there every CancelledError propagates."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
@@ -210,3 +211,22 @@ def test_missing_weights_fail_closed_at_check_time_and_loudly_at_warmup(tmp_path
         guard.warmup()
     fast = Guard(cfg.model_copy(update={"mode": "fast"}))
     assert fast.check_prompt("hello").action is Action.BLOCK
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11+")
+def test_engine_leaking_its_own_cancelled_error_is_an_engine_failure() -> None:
+    class Leaky(ScriptedEngine):
+        async def generate(self, requests, *, timeout=None):  # type: ignore[override]
+            raise asyncio.CancelledError()
+
+    d = Guard(engine=Leaky(["x"])).check_prompt("hello")
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR
+
+
+async def test_cancelling_the_caller_still_cancels_the_check() -> None:
+    guard = Guard(engine=ScriptedEngine(marker_responder(), latency_s=5))
+    task = asyncio.ensure_future(guard.acheck_prompt("hello"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
