@@ -666,6 +666,11 @@ class Auditor:
         _live.add(self)
 
     # the hook -----------------------------------------------------------------------------
+    @property
+    def blocking(self) -> bool:
+        """Strict writes commit (fsync) before returning: the Guard runs them off the event loop."""
+        return self.durability == "strict"
+
     def __call__(self, request: GuardRequest, decision: Decision) -> None:
         record = AuditRecord.from_decision(request, decision, store_content=self.store_content)
         if self.durability == "strict":

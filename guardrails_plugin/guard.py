@@ -234,7 +234,7 @@ class Guard:
             )
         if notes:  # what normalising the input changed or skipped, visible on the decision
             decision = decision.model_copy(update={"notes": notes})
-        self._emit(request, decision)
+        await self._emit(request, decision)
         return decision
 
     async def _run_model(self, name: str, request: GuardRequest) -> list[Verdict]:
@@ -325,10 +325,14 @@ class Guard:
             parse_error=why, failure=kind,
         )
 
-    def _emit(self, request: GuardRequest, decision: Decision) -> None:
+    async def _emit(self, request: GuardRequest, decision: Decision) -> None:
         for hook in list(self.hooks):
             try:
-                hook(request, decision)
+                if getattr(hook, "blocking", False):
+                    # e.g. a strict audit write (fsync): off the caller's event loop
+                    await asyncio.to_thread(hook, request, decision)
+                else:
+                    hook(request, decision)
             except AuditWriteError:  # strict audit: a Decision not on record must not be returned
                 raise
             except Exception:  # observers must never change or break a decision
