@@ -175,8 +175,22 @@ class Escalation:
 
 
 def _jsonable(value: Any) -> Any:
-    """Metadata is free-form: round-trip through JSON with str() for anything exotic."""
-    return json.loads(json.dumps(value, default=str))
+    """Metadata is free-form: round-trip through JSON with str() for anything exotic. Never raises:
+    a value JSON cannot hold at all (a circular structure, odd keys) is kept as its repr, so the
+    Decision is still recorded (in strict mode a failure here would have lost it)."""
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (ValueError, TypeError, RecursionError):
+        if isinstance(value, dict):
+            return {str(k): _jsonable_or_repr(v) for k, v in value.items()}
+        return repr(value)
+
+
+def _jsonable_or_repr(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (ValueError, TypeError, RecursionError):
+        return repr(value)
 
 
 # -- store protocol -------------------------------------------------------------------------
@@ -672,33 +686,43 @@ class Auditor:
         return self.durability == "strict"
 
     def __call__(self, request: GuardRequest, decision: Decision) -> None:
-        record = AuditRecord.from_decision(request, decision, store_content=self.store_content)
         if self.durability == "strict":
+            # Building the record is part of the write: if it fails, the Decision is not on
+            # record either, and only AuditWriteError makes the Guard withhold it.
             try:
+                record = AuditRecord.from_decision(request, decision, store_content=self.store_content)
                 self.store.write([record], durable=True)
             except Exception as exc:
                 with self._cond:
                     self.failed += 1
-                raise AuditWriteError(f"strict audit write failed for {record.request_id}: {exc}") from exc
+                rid = decision.request_id or request.request_id
+                raise AuditWriteError(f"strict audit write failed for {rid}: {exc}") from exc
             with self._cond:
                 self.written += 1
             return
-        if self._closed:
-            with self._cond:
+        record = AuditRecord.from_decision(request, decision, store_content=self.store_content)
+        full = False
+        with self._cond:
+            # The closed check and the put are one step under the lock close() takes to set
+            # _closed: a record is either queued ahead of the writer's stop sentinel (so written)
+            # or dropped and counted, never queued behind it and silently lost.
+            if self._closed:
                 self.dropped += 1
+                closed = True
+            else:
+                closed = False
+                self._enqueued += 1  # counted with the put so flush() can never miss a record
+                try:
+                    self._queue.put_nowait(record)  # never wait: the request path must not block on disk
+                except queue.Full:
+                    self._enqueued -= 1
+                    self.dropped += 1
+                    full = True
+            n = self.dropped
+        if closed:
             log.warning("audit: auditor closed, dropping the record of %s", record.request_id)
-            return
-        with self._cond:  # counted before the put so flush() can never miss a record
-            self._enqueued += 1
-        try:
-            self._queue.put_nowait(record)  # never wait: the request path must not block on disk
-        except queue.Full:
-            with self._cond:
-                self._enqueued -= 1
-                self.dropped += 1
-                n = self.dropped
-            if n == 1 or n % 1000 == 0:  # log the first and then every 1000th, not every drop
-                log.error("audit queue full: %d record(s) dropped so far", n)
+        elif full and (n == 1 or n % 1000 == 0):  # log the first and then every 1000th drop
+            log.error("audit queue full: %d record(s) dropped so far", n)
 
     def record(self, request: GuardRequest, decision: Decision) -> None:
         """Same as calling the auditor."""
@@ -763,9 +787,10 @@ class Auditor:
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Drain the queue, stop the writer and close the store. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._cond:  # see __call__: no record can be queued behind the sentinel
+            if self._closed:
+                return
+            self._closed = True
         _live.discard(self)
         if self._thread is not None:
             self._queue.put(None)  # after every queued record: the writer drains, then stops

@@ -271,6 +271,9 @@ class BreakerEngine:
         except Exception as exc:  # any engine bug is an engine failure
             self.breaker.failure(probe, repr(exc))
             raise
+        except BaseException:  # KeyboardInterrupt, SystemExit, ...: says nothing about the engine,
+            self.breaker.release(probe)  # but a half-open probe slot must not leak (stuck open)
+            raise
         self.breaker.success(probe)
         return out
 

@@ -146,7 +146,7 @@ class GuardConfig(BaseSettings):
             missing = [g for g in sc.guards if g not in self.models]
             if missing:
                 raise ValueError(f"stage {stage}: unknown guard model(s) {missing}")
-            if sc.enabled and not sc.guards:
+            if not sc.guards:
                 raise ValueError(f"stage {stage} is enabled but lists no guards")
         lo, hi = self.cascade_band
         if not 0.0 <= lo <= hi <= 1.0:

@@ -1,7 +1,8 @@
 """Turning whatever a caller hands us into text a guard can judge, or a clear typed error.
 
-Bytes are decoded as UTF-8 with invalid sequences replaced (and the replacement recorded), lone
-surrogates become U+FFFD (tokenizers and HTTP bodies cannot carry them), and chat message lists
+Bytes are decoded as UTF-8 with invalid sequences replaced by U+FFFD (and the replacement recorded),
+lone surrogates in str input become '?' (tokenizers and HTTP bodies cannot carry them; also
+recorded), and chat message lists
 keep their text parts while recording what was not guarded (images, audio, ...).
 """
 

@@ -348,7 +348,8 @@ def _span(tracer: Any, request: GuardRequest, decision: Decision) -> None:
                 "guardrails.risk": max(v.risk for v in vs),
                 "guardrails.parse_ok": all(v.parse_ok for v in vs),
                 "guardrails.windows": len(vs),
-                **({"guardrails.failure": str(vs[0].failure)} if any(v.failure for v in vs) else {}),
+                **({"guardrails.failure": str(next(v.failure for v in vs if v.failure))}
+                   if any(v.failure for v in vs) else {}),
             },
         )
         if any(not v.ok for v in vs):

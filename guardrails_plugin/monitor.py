@@ -22,6 +22,7 @@ callback handler cannot delay tokens (they are already on their way) and can onl
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import threading
 import time
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from .content import normalize_text
 from .streaming import approx_tokens
 from .types import Action, Decision, GuardRequest, Stage
 
@@ -59,7 +61,8 @@ class MonitorStats(BaseModel):
 class _Check:
     chars: int  # prefix length in characters
     tokens: int  # prefix length in tokens
-    future: Future[Decision] | None = None
+    future: Future[Decision] | None = None  # the check itself (on the engine loop)
+    view: Future[Decision] | None = None  # what check_in_flight hands out: cancelling it is harmless
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -79,7 +82,10 @@ class ReasoningMonitor:
         metadata: dict[str, Any] | None = None,
     ):
         self.guard = guard
-        self.query = query
+        # Normalised like Guard.request's input: a query no guard can judge fails here, loudly,
+        # not inside the first check after text was already released downstream.
+        q = normalize_text(query, what="query")
+        self.query = q.value
         self.stage = Stage(stage)
         cfg = guard.config
         self.check_every_tokens = check_every_tokens or cfg.stage(self.stage).check_every_tokens
@@ -90,6 +96,8 @@ class ReasoningMonitor:
         # One id for all checks of this stream: the engine may keep the KV cache of the checked
         # prefix between checks (scoring.session_key); released when the monitor closes.
         self.metadata.setdefault("session_id", uuid.uuid4().hex)
+        if q.notes:
+            self.metadata["input_notes"] = [*self.metadata.get("input_notes", []), *q.notes]
 
         # Re-entrant: a check that completes before add_done_callback runs calls _done on the
         # feeding thread while it holds the lock (seen with zero-latency guards).
@@ -98,7 +106,9 @@ class ReasoningMonitor:
         self._prev_last_char = ""
         self._chars = 0
         self._tokens = 0
-        self._token_at_char: list[tuple[int, int]] = [(0, 0)]  # (chars, tokens) after each delta
+        # (chars, tokens) after each delta, as two parallel ascending lists (bisect by chars)
+        self._delta_chars: list[int] = [0]
+        self._delta_tokens: list[int] = [0]
         self._last_check_tokens = 0
         self._inflight: _Check | None = None
         self._pending = False  # a check fell due while one was in flight
@@ -121,9 +131,11 @@ class ReasoningMonitor:
     @property
     def check_in_flight(self) -> Future[Decision] | None:
         """The running check's future, if any: ``await asyncio.wrap_future(f)`` (any loop) or
-        ``f.result()`` to wait for the next verdict instead of polling."""
+        ``f.result()`` to wait for the next verdict instead of polling. It completes after the
+        monitor has applied the verdict; cancelling it (e.g. a ``wait_for`` timing out around
+        ``wrap_future``) only stops that wait, never the check."""
         with self._lock:
-            return self._inflight.future if self._inflight else None
+            return self._inflight.view if self._inflight else None
 
     @property
     def text(self) -> str:
@@ -132,8 +144,14 @@ class ReasoningMonitor:
 
     def feed(self, delta: str) -> Decision | None:
         """Add a delta; maybe schedule a check. Returns a Decision if one completed since the last
-        call (the blocking one once aborted), else None. Never waits for the guard."""
+        call (the blocking one once aborted), else None. Never waits for the guard. ``delta`` is
+        str (bytes are decoded as UTF-8, None adds nothing); anything else raises GuardInputError
+        before it is added."""
         t0 = time.perf_counter()
+        if delta is None:
+            delta = ""
+        elif not isinstance(delta, str):
+            delta = normalize_text(delta, what="delta").value
         try:
             with self._lock:
                 if self._closed:
@@ -198,7 +216,8 @@ class ReasoningMonitor:
         self._chars += len(delta)
         self._tokens += approx_tokens(delta)
         self.stats.tokens_fed = self._tokens
-        self._token_at_char.append((self._chars, self._tokens))
+        self._delta_chars.append(self._chars)
+        self._delta_tokens.append(self._tokens)
         self._prev_last_char, self._last_char = self._last_char, delta[-1]
 
     def _check_due(self, delta: str) -> bool:
@@ -222,9 +241,12 @@ class ReasoningMonitor:
         check = _Check(chars=chars, tokens=tokens)
         self._inflight = check
         req = self._request(self._joined()[:chars])
+        check.view = Future()
         check.future = self.guard._runtime.submit(self.guard._acheck(req))
         self.stats.checks_run += 1
+        # _done first: whoever waits on the view wakes to a monitor that has applied the verdict.
         check.future.add_done_callback(functools.partial(self._done, check))
+        check.future.add_done_callback(functools.partial(_copy_outcome, check.view))
 
     def _request(self, prefix: str) -> GuardRequest:
         field_name = "reasoning" if self.stage is Stage.REASONING else "response"
@@ -274,14 +296,10 @@ class ReasoningMonitor:
         self.stats.detection_lag_tokens = max(0, released_tokens - check.tokens)
 
     def _tokens_at(self, chars: int) -> int:
-        # Token count of the prefix of ``chars`` characters (exact at delta boundaries).
-        best = 0
-        for c, t in self._token_at_char:
-            if c <= chars:
-                best = t
-            else:
-                break
-        return best
+        # Token count of the longest delta-boundary prefix within ``chars`` characters (exact at
+        # delta boundaries). Bisect: a long stream calls this once per completed check.
+        i = bisect.bisect_right(self._delta_chars, chars) - 1
+        return self._delta_tokens[i] if i >= 0 else 0
 
     def _take_ready(self) -> Decision | None:
         if not self._ready:
@@ -317,7 +335,12 @@ class ReasoningMonitor:
             self._pending = False
             inflight = self._inflight
         if inflight is not None and inflight.future is not None:
-            await asyncio.wrap_future(inflight.future)
+            # Only wait: its outcome, an error included, was applied by _done (an error blocks).
+            # asyncio.wait neither raises the check's exception nor cancels it if we are cancelled.
+            waiter = asyncio.wrap_future(inflight.future)
+            await asyncio.wait([waiter])
+            if not waiter.cancelled():
+                waiter.exception()  # retrieved: no "never retrieved" noise
         with self._lock:
             if self.decision is not None:
                 return self.decision
@@ -342,3 +365,17 @@ class ReasoningMonitor:
             f"ReasoningMonitor(stage={self.stage}, tokens={self._tokens}, "
             f"checks={self.stats.checks_run}, aborted={self.aborted})"
         )
+
+
+def _copy_outcome(view: Future[Decision], fut: Future[Decision]) -> None:
+    """Mirror a finished check onto the future handed to callers (unless they cancelled it)."""
+    if fut.cancelled():
+        view.cancel()
+        return
+    if not view.set_running_or_notify_cancel():
+        return  # the caller cancelled its view: nothing to tell it
+    exc = fut.exception()
+    if exc is not None:
+        view.set_exception(exc)
+    else:
+        view.set_result(fut.result())

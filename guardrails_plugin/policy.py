@@ -66,7 +66,12 @@ class Policy:
             reason = f"risk {top.risk:.2f} >= {threshold:.2f} ({top.guard})"
             if top.categories:
                 reason += f" [{', '.join(top.categories)}]"
-            return Decision(action=action, text=self._text_for(action, text, flagged), reason=reason, **common)
+            # An ESCALATE reached by a per-stage or per-category override holds exactly like one
+            # from the escalate band: escalation_hold=True must never let the content through.
+            hold = action is Action.ESCALATE and cfg.escalation_hold
+            return Decision(
+                action=action, text=self._text_for(action, text, flagged), reason=reason, hold=hold, **common
+            )
 
         if failed or not verdicts:
             kind = failed[0].failure if failed else FailureKind.ENGINE_ERROR

@@ -317,9 +317,11 @@ async def run_scored(guard: Guard, name: str, request: GuardRequest) -> list[Ver
         log.exception("fast scoring for %s failed", name)
         return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
     latency_ms = (loop.time() - start) * 1e3
-    if len(results) != len(specs):
+    if not isinstance(results, (list, tuple)) or len(results) != len(specs):
+        # A misbehaving engine (None, a bare result, a short batch) is an engine failure.
+        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
         return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR,
-                               f"engine returned {len(results)} scores for {len(specs)} inputs")]
+                               f"engine returned {n} scores for {len(specs)} inputs")]
 
     verdicts: list[Verdict] = []
     for (s, e), spec, res in zip(spans, specs, results, strict=True):

@@ -396,3 +396,53 @@ def test_cli_on_jsonl_store(tmp_path: Path) -> None:
     r = run(escalations_app, ["resolve", str(item["id"]), "--reject", "--by", "bob", "--db", str(path)])
     assert r.exit_code == 0 and "rejected" in r.output
     assert JsonlAuditStore(path).get_escalation(item["id"]).status == "rejected"  # type: ignore[union-attr]
+
+
+# -- review regressions -----------------------------------------------------------------------
+def test_strict_record_that_cannot_be_built_is_a_write_error(tmp_path: Path, monkeypatch) -> None:
+    guard = make_guard()
+    attach_audit(guard, path=tmp_path / "s.db", durability="strict")
+
+    def boom(*a, **kw):
+        raise ValueError("cannot serialise")
+
+    monkeypatch.setattr(AuditRecord, "from_decision", boom)
+    with pytest.raises(AuditWriteError):  # before: logged as a hook error, Decision handed out unrecorded
+        guard.check_prompt("hello")
+
+
+def test_unserialisable_metadata_is_still_recorded(tmp_path: Path) -> None:
+    guard = make_guard()
+    auditor = attach_audit(guard, path=tmp_path / "c.db", durability="strict")
+    loop: dict[str, object] = {"name": "x"}
+    loop["self"] = loop  # circular: json.dumps raises even with default=str
+    d = guard.check(guard.request(Stage.PROMPT, prompt="hi", metadata={"user": "u1", "loop": loop}))
+    (r,) = auditor.store.records(request_id=d.request_id)
+    assert r.metadata["user"] == "u1" and isinstance(r.metadata["loop"], str)
+    auditor.close()
+
+
+def test_a_record_racing_close_is_written_or_counted_never_lost(tmp_path: Path) -> None:
+    db = tmp_path / "race.db"
+    guard = make_guard()
+    auditor = attach_audit(guard, path=db)  # background
+    real_put = auditor._queue.put_nowait
+    closer: list[threading.Thread] = []
+
+    def put_nowait(item):  # close() lands between the closed check and the put
+        if item is not None and not closer:
+            t = threading.Thread(target=auditor.close, daemon=True)
+            closer.append(t)
+            t.start()
+            t.join(0.3)  # without the fix close() finishes here: the writer is gone
+        return real_put(item)
+
+    auditor._queue.put_nowait = put_nowait  # type: ignore[method-assign]
+    d = guard.check_prompt("racing")
+    closer[0].join(10)
+    assert not closer[0].is_alive()
+    fresh = SQLiteAuditStore(db, create=False)
+    written = [r.request_id for r in fresh.records()]
+    fresh.close()
+    assert written == [d.request_id] or auditor.dropped == 1
+    assert auditor.pending == 0

@@ -510,3 +510,32 @@ async def test_breaker_engine_wraps_score_only_when_inner_scores() -> None:
     assert ei.value.kind == "circuit_open"
     # An engine without score() does not grow one by being wrapped.
     assert not hasattr(BreakerEngine(ScriptedEngine(["x"]), CircuitBreaker("s")), "score")
+
+
+def test_half_open_probe_slot_is_released_on_a_base_exception() -> None:
+    # A probe ended by a BaseException that is not an Exception (KeyboardInterrupt, SystemExit)
+    # used to keep its half-open slot forever: every later call was rejected as "probe in flight".
+    class Interrupt(BaseException):
+        pass
+
+    class Inner:
+        name = "inner"
+        raise_it = True
+
+        async def generate(self, requests, *, timeout=None):
+            if self.raise_it:
+                raise Interrupt()
+            return ["ok"]
+
+    now = [0.0]
+    breaker = CircuitBreaker("inner", failure_threshold=1, reset_timeout_s=1.0, clock=lambda: now[0])
+    breaker.failure(False, "boom")
+    assert breaker.state is CircuitState.OPEN
+    now[0] = 2.0  # cooled down: the next call is the probe
+    inner = Inner()
+    eng = BreakerEngine(inner, breaker)
+    with pytest.raises(Interrupt):
+        asyncio.run(eng.generate([]))
+    inner.raise_it = False
+    assert asyncio.run(eng.generate([])) == ["ok"]  # a new probe is let through and closes it
+    assert breaker.state is CircuitState.CLOSED

@@ -332,3 +332,27 @@ async def test_litellm_proxy_metrics_app_serves_guard_metrics() -> None:
     fams = {f.name for f in text_string_to_metric_families(r.text)}
     assert {"guardrails_checks", "guardrails_circuit_state", "guardrails_fail_mode"} <= fams
     await guard.aclose()
+
+
+def test_otel_guard_span_names_the_failure_of_any_window() -> None:
+    # Windows of one guard: the first judged, the second failed. The child span's failure attribute
+    # used to read the first window's (None) and say "None".
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from guardrails_plugin.metrics import _span
+    from guardrails_plugin.types import Decision, GuardRequest, Verdict
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    req = GuardRequest(stage=Stage.PROMPT, prompt="x")
+    vs = [Verdict(guard="g", stage=Stage.PROMPT, risk=0.0, window=(0, 1)),
+          Verdict(guard="g", stage=Stage.PROMPT, risk=1.0, failure=FailureKind.TIMEOUT, window=(1, 2))]
+    d = Decision(action=Action.BLOCK, stage=Stage.PROMPT, text="no", reason="guard_timeout", verdicts=vs,
+                 failure=FailureKind.TIMEOUT)
+    _span(provider.get_tracer("t"), req, d)
+    (child,) = [s for s in exporter.get_finished_spans() if s.name == "guardrails.guard"]
+    assert child.attributes["guardrails.failure"] == "timeout"

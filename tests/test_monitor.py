@@ -234,3 +234,66 @@ def test_discard_drops_pending_checks_and_releases_the_session():
     assert released == [mon.metadata["session_id"]]
     with pytest.raises(RuntimeError):
         mon.feed("more")
+
+
+async def test_cancelling_a_wait_on_check_in_flight_does_not_cancel_the_check():
+    # The docstring's own recipe: wait for the next verdict with a timeout. The timeout cancels
+    # the wait; before the fix it cancelled the check itself and the stream aborted on a spurious
+    # "monitor_error" BLOCK.
+    guard, _ = scripted_guard(latency_s=0.3)
+    mon = guard.reasoning_monitor(query="q", check_every_tokens=4, check_paragraphs=False)
+    for w in "a b c d e f".split():
+        await mon.afeed(w + " ")
+    f = mon.check_in_flight
+    assert f is not None
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.wrap_future(f), 0.01)
+    d = await mon.aclose()
+    assert d.action is Action.ALLOW and not mon.aborted, d.reason
+    assert mon.last_decision is not None and "monitor_error" not in mon.last_decision.reason
+
+
+def test_check_in_flight_completes_after_the_verdict_is_applied():
+    guard, _ = scripted_guard(latency_s=0.05)
+    mon = guard.reasoning_monitor(query="q", check_every_tokens=4, check_paragraphs=False)
+    for w in f"a b {MARKER} d e".split():
+        mon.feed(w + " ")
+    f = mon.check_in_flight
+    assert f is not None
+    assert f.result(timeout=10).blocked
+    assert mon.aborted  # applied before the waiter woke
+    mon.close(timeout=10)
+
+
+def test_close_returns_a_block_when_the_inflight_check_raised():
+    guard, _ = scripted_guard(latency_s=0.0)
+    real = guard._acheck
+
+    async def broken(req):
+        await asyncio.sleep(0.05)
+        raise RuntimeError("bug in a hook")
+
+    guard._acheck = broken  # type: ignore[method-assign]
+    mon = guard.reasoning_monitor(query="q", check_every_tokens=4, check_paragraphs=False)
+    for w in "a b c d e".split():
+        mon.feed(w + " ")
+    assert mon.check_in_flight is not None
+    guard._acheck = real  # type: ignore[method-assign]
+    d = mon.close(timeout=10)  # before the fix: raised the in-flight check's RuntimeError
+    assert d.blocked and "monitor_error" in d.reason
+
+
+def test_query_is_normalised_like_guard_request():
+    from guardrails_plugin.errors import GuardInputError
+
+    guard, engine = scripted_guard(latency_s=0.0)
+    mon = guard.reasoning_monitor(query=[{"role": "user", "content": "the user's question"}])
+    mon.feed("some reasoning")
+    mon.feed(b" in bytes")
+    d = mon.close(timeout=10)
+    assert d.action is Action.ALLOW
+    assert "the user's question" in engine.prompts[-1] and "in bytes" in engine.prompts[-1]
+    with pytest.raises(GuardInputError):
+        guard.reasoning_monitor(query=42)
+    with pytest.raises(GuardInputError):
+        guard.reasoning_monitor(query="q").feed(3.5)

@@ -583,3 +583,26 @@ def test_guard_end_to_end_through_transformers_serve(tiny_served: tuple[Launched
         (v,) = d.verdicts
         assert v.parse_ok and v.guard == "FlexGuard" and v.label == "SAFE"
         assert v.risk == pytest.approx(0.07) and v.rationale == SCRIPTED_THINK
+
+
+def test_guards_with_different_api_keys_do_not_share_an_engine() -> None:
+    from guardrails_plugin import Guard, GuardConfig, GuardModelConfig
+
+    url = "http://127.0.0.1:9"
+    cfg = GuardConfig(
+        models={
+            "a": GuardModelConfig(family="guardreasoner", engine="openai", base_url=url, served_model_name="m",
+                                  api_key="key-a"),
+            "b": GuardModelConfig(family="guardreasoner", engine="openai", base_url=url, served_model_name="m",
+                                  api_key="key-b"),
+            "c": GuardModelConfig(family="guardreasoner", engine="openai", base_url=url, served_model_name="m",
+                                  api_key="key-a"),
+        },
+        stages={"prompt": {"guards": ["a", "b", "c"]}, "reasoning": {"enabled": False},
+                "response": {"enabled": False}},
+        circuit={"enabled": False},
+    )
+    guard = Guard(cfg)
+    assert guard.engine("a").api_key == "key-a" and guard.engine("b").api_key == "key-b"
+    assert guard.engine("a") is guard.engine("c")  # identical configs still share
+    guard.close()

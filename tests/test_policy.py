@@ -50,6 +50,23 @@ def test_escalate_band_allow_or_hold() -> None:
     assert Policy(cfg).decide(REQ, [v(0.4)]).action is Action.ALLOW
 
 
+def test_override_escalate_holds_like_the_band() -> None:
+    """A flagged verdict whose per-category or per-stage action is ESCALATE must honour
+    escalation_hold: held (blocked, refusal text), never shown as if allowed."""
+    cat = GuardConfig(category_actions={"S1": Action.ESCALATE}, escalation_hold=True)
+    d = Policy(cat).decide(REQ, [v(0.9, cats=["S1"])])
+    assert d.action is Action.ESCALATE and d.hold and d.blocked
+    assert d.text == "I can't help with that."
+    staged = GuardConfig(
+        escalation_hold=True, stages={"response": {"guards": ["GuardReasoner-1B"], "flagged_action": "escalate"}}
+    )
+    d2 = Policy(staged).decide(REQ, [v(0.9)])
+    assert d2.action is Action.ESCALATE and d2.hold and d2.blocked
+    unheld = Policy(GuardConfig(category_actions={"S1": Action.ESCALATE})).decide(REQ, [v(0.9, cats=["S1"])])
+    assert unheld.action is Action.ESCALATE and not unheld.hold and not unheld.blocked
+    assert unheld.text == "the answer text"
+
+
 def test_category_override_redacts_and_most_severe_wins() -> None:
     cfg = GuardConfig(category_actions={"INF": Action.REDACT}, redact_placeholder="[X]")
     pol = Policy(cfg)

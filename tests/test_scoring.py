@@ -253,6 +253,18 @@ def test_cascade_escalates_unreadable_fast_scores_and_fast_mode_fails_closed():
     open_.close()
 
 
+@pytest.mark.parametrize("reply", [None, "not a list", []])
+def test_fast_mode_engine_returning_a_non_list_is_an_engine_failure(reply):
+    class BadScorer(ScriptedScorer):
+        async def score(self, requests, *, timeout=None):
+            return reply
+
+    guard = Guard(GuardConfig(mode="fast"), engine=BadScorer(_full_responder))
+    d = guard.check_prompt("hello")  # before the fix: TypeError out of the check for None
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR
+    guard.close()
+
+
 def test_fast_mode_on_an_engine_that_cannot_score_generates():
     engine = ScriptedEngine(_full_responder)
     guard = Guard(GuardConfig(mode="fast"), engine=engine)

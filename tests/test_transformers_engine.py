@@ -294,3 +294,31 @@ async def test_closed_engine_refuses(tiny_qwen3_dir):
     await engine.aclose()
     with pytest.raises(GuardEngineError, match="closed"):
         await engine.generate([GenerationRequest(messages=MSGS, max_new_tokens=1)])
+
+
+def test_generate_racing_aclose_is_answered_or_refused_never_stranded(tiny_qwen3_dir):
+    # aclose() lands between "worker started" and "rows queued": the rows used to go in after
+    # the stop sentinel, the worker had already drained and exited, and the caller waited out
+    # its whole deadline (forever with timeout=None) instead of getting an answer or "closed".
+    engine = TransformersEngine(tiny_qwen3_dir)
+    real_put = engine._queue.put
+    closer: list[threading.Thread] = []
+
+    def put(item, *a, **kw):
+        if not closer:
+            t = threading.Thread(target=lambda: asyncio.run(engine.aclose()), daemon=True)
+            closer.append(t)
+            t.start()
+            t.join(0.5)  # without the fix aclose finishes here, before our row is queued
+        return real_put(item, *a, **kw)
+
+    engine._queue.put = put  # type: ignore[method-assign]
+    req = GenerationRequest(messages=MSGS, max_new_tokens=1)
+    try:
+        out = asyncio.run(engine.generate([req], timeout=3.0))
+        assert len(out) == 1
+    except GuardEngineError as exc:
+        assert not isinstance(exc, GuardTimeoutError), exc
+        assert "closed" in str(exc)
+    closer[0].join(10)
+    assert not closer[0].is_alive()

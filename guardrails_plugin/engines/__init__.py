@@ -57,7 +57,9 @@ def engine_key(cfg: GuardModelConfig, model: GuardModel) -> tuple[Any, ...]:
     """Guard models whose engines would be identical share one engine (one copy of the weights)."""
     if cfg.engine == "openai":
         urls = tuple(cfg.base_url) if isinstance(cfg.base_url, list) else (cfg.base_url,)
-        return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model))
+        # The api_key is part of the identity: a guard configured with its own key must not be
+        # sent with another guard's (the engine holds one Authorization header).
+        return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model), cfg.api_key)
     return ("transformers", _model_ref(cfg, model), cfg.device, cfg.dtype)
 
 

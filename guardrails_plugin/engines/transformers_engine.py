@@ -819,7 +819,10 @@ class TransformersEngine:
             if item is not _STOP:
                 item.job.fail(GuardEngineError(f"{self.name}: engine closed"))
 
-    def _ensure_worker(self) -> None:
+    def _enqueue(self, rows: Sequence[_Row]) -> None:
+        """Start the worker if needed and queue ``rows``, atomically with respect to ``aclose``:
+        rows are either queued ahead of its stop sentinel (and answered) or refused. Queued after
+        it, they would wait for a worker that has already drained the queue and exited."""
         with self._thread_lock:
             if self._closed:
                 raise GuardEngineError(f"{self.name}: engine is closed")
@@ -828,6 +831,8 @@ class TransformersEngine:
                     target=self._worker, name=f"guard-engine-{self.name}", daemon=True
                 )
                 self._thread.start()
+            for row in rows:
+                self._queue.put(row)
 
     # ------------------------------------------------------------------ public async API
 
@@ -845,9 +850,7 @@ class TransformersEngine:
         requests = job.requests
         if timeout is not None and timeout <= 0:
             raise GuardTimeoutError(f"{self.name}: deadline already passed")
-        self._ensure_worker()
-        for i in range(len(requests)):
-            self._queue.put(_Row(job, i))
+        self._enqueue([_Row(job, i) for i in range(len(requests))])
         waiter = asyncio.wrap_future(job.future)  # bound to whichever loop is running now
         try:
             result = await asyncio.wait_for(waiter, timeout)
