@@ -87,6 +87,18 @@ def test_prompt_is_checked_once_per_user_turn():
     assert len(prompt_checks) == 1  # not again before the second model call
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_every_new_user_message_of_a_turn_is_checked(use_async):
+    # a caller may append several user messages at once; the harmful one is not the newest
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = ScriptedReasoningChatModel(turns=[Turn("t", "a")])
+    agent = _agent(model, guard)
+    inp = {"messages": [HumanMessage(f"how do I build a {MARKER}?"), HumanMessage("thanks!")]}
+    state = await agent.ainvoke(inp) if use_async else agent.invoke(inp)
+    assert model.calls == 0
+    assert state["messages"][-1].content == guard.config.refusal_message
+
+
 # -- streaming reasoning ------------------------------------------------------------------------
 
 
@@ -314,3 +326,24 @@ async def test_harmful_tool_call_arguments_are_refused_before_the_tool_runs(use_
     agent = _agent(model, guard, tools=[lookup])
     await agent.ainvoke(_user("q")) if use_async else agent.invoke(_user("q"))
     assert ran == ["weather"]
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_prompt_redaction_reaches_the_model_not_the_original(use_async):
+    cfg = {"stages": {"prompt": {"guards": ["GuardReasoner-1B"], "flagged_action": "redact"}},
+           "redact_placeholder": "[REDACTED]"}
+    guard, _ = scripted_guard(latency_s=0.0, **cfg)
+    model = ScriptedReasoningChatModel(turns=[Turn("fine", "done")], style=STYLES[0])
+    agent = _agent(model, guard)
+    msg = HumanMessage(content=f"my secret is {MARKER}", id="u1")
+    state = await agent.ainvoke({"messages": [msg]}) if use_async else agent.invoke({"messages": [msg]})
+    seen = [m for m in model.inputs[0] if isinstance(m, HumanMessage)]
+    assert [m.content for m in seen] == ["[REDACTED]"] and seen[0].id == "u1"  # replaced, not appended
+    assert MARKER not in str(state["messages"]) and model.calls == 1
+
+    # several user messages at once cannot be redacted piece by piece: refused, model never called
+    model = ScriptedReasoningChatModel(turns=[Turn("fine", "done")], style=STYLES[0])
+    two = [HumanMessage(content="hello", id="a"), HumanMessage(content=f"{MARKER} here", id="b")]
+    agent = _agent(model, guard)
+    state = await agent.ainvoke({"messages": two}) if use_async else agent.invoke({"messages": two})
+    assert model.calls == 0 and _ai_messages(state)[-1].content == guard.config.refusal_message

@@ -198,3 +198,31 @@ def test_streamed_tool_call_arguments_are_checked(style):
     # benign arguments stream through
     ok = Turn("plan the call.", "", [{"name": "lookup", "args": {"q": "weather"}, "id": "c1"}])
     list(_model(ok, style).stream("q", config={"callbacks": [GuardCallbackHandler(guard)]}))
+
+
+def test_blocked_stream_frees_its_monitors():
+    guard, _ = scripted_guard(latency_s=0.01)
+    released = []
+    guard.release_session = released.append
+    turn = Turn(harmful_reasoning(), "Here you go.")
+    model = _model(turn, STYLES[0])
+    handler = GuardCallbackHandler(guard, check_every_tokens=8)
+    with pytest.raises(GuardrailViolation):
+        for _ in model.stream("how do I do it?", config={"callbacks": [handler]}):
+            pass
+    run = handler.last_run
+    assert run is not None and run.violation is not None
+    # the aborted run's monitors dropped their pending checks and engine state (KV cache)
+    assert {run.reasoning.metadata["session_id"], run.answer.metadata["session_id"]} <= set(released)
+
+
+def test_every_new_user_message_is_checked():
+    from langchain_core.messages import HumanMessage
+
+    guard, _ = scripted_guard(latency_s=0.0)
+    model = _model(Turn("fine", "ok"), STYLES[0])
+    handler = GuardCallbackHandler(guard)
+    with pytest.raises(GuardrailViolation):
+        model.invoke([HumanMessage(f"how do I build a {MARKER}?"), HumanMessage("thanks!")],
+                     config={"callbacks": [handler]})
+    assert model.calls == 0

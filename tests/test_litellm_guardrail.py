@@ -142,3 +142,53 @@ async def test_unloadable_guard_model_is_logged_and_fails_closed(tmp_path, caplo
         await g.async_pre_call_hook(user_api_key_dict=None, cache=None,
                                     data={"messages": [{"role": "user", "content": "hi"}]}, call_type="completion")
     assert ei.value.status_code == 400 and ei.value.detail["reason"] == "guard_unavailable"
+
+
+async def test_unreadable_prompt_goes_to_the_fail_mode():
+    # content no guard can read (a number among the parts) is not a pass of unchecked text
+    data = {"messages": [{"role": "user", "content": [{"type": "text", "text": "how to build a bomb"}, 5]}]}
+    g = make()
+    with pytest.raises(HTTPException) as ei:
+        await g.async_pre_call_hook(user_api_key_dict=None, cache=None, data=data, call_type="completion")
+    assert ei.value.status_code == 400 and ei.value.detail["reason"] == "guard_bad_input"
+    with pytest.raises(HTTPException):
+        await g.async_moderation_hook(data=data, user_api_key_dict=None, call_type="completion")
+    guard = Guard(GuardConfig(fail_mode="open"), engine=ScriptedEngine(scripted_verdict))
+    opened = GuardrailsPluginGuardrail(guard=guard, guardrail_name="t", event_hook="pre_call")
+    assert await opened.async_pre_call_hook(user_api_key_dict=None, cache=None, data=data,
+                                            call_type="completion") is data
+
+
+async def test_unreadable_prompt_does_not_break_the_answer_check():
+    data = {"messages": [{"role": "user", "content": [{"type": "text", "text": "q"}, 5]}]}
+    out = await make().async_post_call_success_hook(data=data, user_api_key_dict=None,
+                                                    response=response("Here is how to build a bomb."))
+    assert out.choices[0].message.content == "I can't help with that."
+
+
+async def test_blocked_stream_frees_its_monitors():
+    from litellm.types.utils import ModelResponseStream
+
+    def chunk(delta: dict) -> ModelResponseStream:
+        return ModelResponseStream(choices=[{"index": 0, "delta": delta, "finish_reason": None}], model="m")
+
+    async def upstream():
+        yield chunk({"reasoning_content": "a bomb plan.\n\n"})
+        for _ in range(5):
+            yield chunk({"content": "word "})
+
+    g = make()
+    created, released = [], []
+    monitor = g.guard.reasoning_monitor
+
+    def spy(*args, **kwargs):
+        created.append(monitor(*args, **kwargs))
+        return created[-1]
+
+    g.guard.reasoning_monitor = spy
+    g.guard.release_session = released.append
+    data = {"messages": [{"role": "user", "content": "q"}], "model": "m"}
+    out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(), data)]
+    assert out[-1].choices[0].finish_reason == "content_filter"
+    assert created  # the reasoning monitor, and the answer's if the answer began before the block
+    assert {m.metadata["session_id"] for m in created} <= set(released)  # engine state freed

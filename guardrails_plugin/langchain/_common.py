@@ -8,6 +8,8 @@ from typing import Any
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.prompt_values import PromptValue
 
+from ..content import normalize_text
+from ..errors import GuardInputError
 from ..streaming import extract_deltas
 from ..types import Decision
 
@@ -41,6 +43,42 @@ def _content_of(m: Any) -> Any:
     return m
 
 
+def _is_ai(m: Any) -> bool:
+    if isinstance(m, BaseMessage):
+        return m.type in ("ai", "AIMessageChunk")
+    if isinstance(m, Mapping):
+        return m.get("role") == "assistant" or m.get("type") == "ai"
+    if isinstance(m, tuple) and len(m) == 2:
+        return m[0] in ("assistant", "ai")
+    return False
+
+
+def _plain(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    try:
+        return normalize_text(content, what="message").value
+    except GuardInputError:
+        return str(content)  # still judged: odd content must not drop out of the check
+
+
+def turn_prompt(messages: Sequence[Any]) -> Any | None:
+    """What the user said since the last AI message: the newest user message's content, or the
+    texts of all of them when a caller appended several at once (the model reads every one, so
+    the prompt check must too). None if there is no user message after the last AI message."""
+    contents: list[Any] = []
+    for m in reversed(list(messages)):
+        if _is_ai(m):
+            break
+        if _is_human(m):
+            contents.append(_content_of(m))
+    if not contents:
+        return None
+    if len(contents) == 1:
+        return contents[0]
+    return "\n\n".join(_plain(c) for c in reversed(contents))
+
+
 def newest_human_content(messages: Sequence[Any]) -> Any | None:
     """Content (str or content parts) of the newest user message, or None if there is none."""
     for m in reversed(list(messages)):
@@ -52,13 +90,14 @@ def newest_human_content(messages: Sequence[Any]) -> Any | None:
 def prompt_of(value: Any, input_key: str | None = None) -> Any:
     """The user text in a Runnable input: a string, a PromptValue, a message list, or a dict.
 
-    Message lists give the newest user message (earlier turns were checked when they were new);
+    Message lists give what the user said since the last AI message (earlier turns were checked
+    when they were new);
     dicts give ``input_key`` or the first of the usual keys."""
     if isinstance(value, str):
         return value
     if isinstance(value, PromptValue):
         msgs = value.to_messages()
-        found = newest_human_content(msgs)
+        found = turn_prompt(msgs)
         return found if found is not None else value.to_string()
     if isinstance(value, BaseMessage):
         return value.content
@@ -70,7 +109,7 @@ def prompt_of(value: Any, input_key: str | None = None) -> Any:
                 return prompt_of(value[key])
         return "\n".join(str(v) for v in value.values() if isinstance(v, str))
     if isinstance(value, Sequence):
-        found = newest_human_content(value)
+        found = turn_prompt(value)
         return found if found is not None else ""
     return str(value)
 

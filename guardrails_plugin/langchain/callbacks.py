@@ -48,7 +48,7 @@ from ..guard import Guard
 from ..monitor import ReasoningMonitor
 from ..streaming import extract_deltas, tool_call_text
 from ..types import Action, Decision, Stage
-from ._common import newest_human_content
+from ._common import turn_prompt
 
 log = logging.getLogger("guardrails_plugin.langchain")
 
@@ -107,7 +107,7 @@ class _GuardCallbackBase:
 
     # -- state --------------------------------------------------------------------------------
     def _start(self, run_id: UUID, messages: list[list[BaseMessage]]) -> RunState:
-        content = newest_human_content(messages[0]) if messages else None
+        content = turn_prompt(messages[0]) if messages else None
         query = content if isinstance(content, str) else _flat(content)
         state = RunState(query=query)
         with self._lock:
@@ -127,6 +127,19 @@ class _GuardCallbackBase:
             if state is not None:
                 self.finished.append(state)
             return state
+
+    @staticmethod
+    def _discard(state: RunState | None) -> None:
+        """Drop the monitors of a run that ended early (blocked, or the model failed): their
+        pending checks and the engine state (KV cache) kept for them."""
+        if state is None:
+            return
+        mons = {id(m): m for m in (*state.reasoning_segments, state.reasoning, state.answer) if m is not None}
+        for mon in mons.values():
+            try:
+                mon.discard()
+            except Exception:
+                log.exception("could not discard a stream monitor")
 
     def _monitors(self, state: RunState) -> None:
         if state.reasoning is None:
@@ -256,6 +269,7 @@ class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         state = self._finish(run_id) or RunState()
         if state.violation is not None:
+            self._discard(state)
             raise state.violation
         if state.streamed:
             assert state.reasoning is not None and state.answer is not None
@@ -275,7 +289,7 @@ class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
             self._raise_if(state, self.guard.check_response(state.query, text))
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._finish(run_id)
+        self._discard(self._finish(run_id))
 
 
 class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
@@ -308,6 +322,7 @@ class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
     async def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         state = self._finish(run_id) or RunState()
         if state.violation is not None:
+            self._discard(state)
             raise state.violation
         if state.streamed:
             assert state.reasoning is not None and state.answer is not None
@@ -327,4 +342,4 @@ class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
             self._raise_if(state, await self.guard.acheck_response(state.query, text))
 
     async def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        self._finish(run_id)
+        self._discard(self._finish(run_id))

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, ModelRequest, ModelResponse, hook_config
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.runtime import Runtime
 
 from ..content import normalize_text
@@ -38,6 +38,7 @@ from ._common import (
     newest_human_content,
     rebuild_message,
     refusal_message,
+    turn_prompt,
 )
 
 
@@ -74,14 +75,10 @@ class GuardMiddleware(AgentMiddleware):
 
     # -- what to check ------------------------------------------------------------------------
     @staticmethod
-    def _new_user_turn(messages: Sequence[BaseMessage]) -> BaseMessage | None:
-        """The newest user message if no AI message answered it yet (first model call of the turn)."""
-        for m in reversed(messages):
-            if isinstance(m, AIMessage):
-                return None
-            if m.type == "human":
-                return m
-        return None
+    def _new_user_turn(messages: Sequence[BaseMessage]) -> Any:
+        """What the user said since the last AI message (first model call of the turn), or None;
+        all of it when a caller appended several user messages at once."""
+        return turn_prompt(messages)
 
     @staticmethod
     def _fresh_tool_results(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
@@ -100,6 +97,16 @@ class GuardMiddleware(AgentMiddleware):
         return "" if content is None else _text(content)
 
     # -- results ------------------------------------------------------------------------------
+    def _redact_turn(self, messages: Sequence[BaseMessage], d: Decision) -> dict[str, Any]:
+        """The model must read the redacted prompt: replace the user's message (same id). A turn of
+        several user messages cannot be mapped back piece by piece, so it is refused instead."""
+        turn = [m for m in _since_last_ai(messages) if isinstance(m, HumanMessage)]
+        if len(turn) == 1 and turn[0].id:
+            meta = {**(turn[0].response_metadata or {}), META_KEY: decision_meta(d)}
+            return {"messages": [turn[0].model_copy(update={"content": d.text, "response_metadata": meta})]}
+        refuse = d.model_copy(update={"action": Action.BLOCK, "text": self.guard.config.refusal_message})
+        return self._end_with(refuse)
+
     @staticmethod
     def _end_with(decision: Decision, like: BaseMessage | None = None) -> dict[str, Any]:
         return {"messages": [refusal_message(decision, like=like)], "jump_to": "end"}
@@ -146,9 +153,11 @@ class GuardMiddleware(AgentMiddleware):
         messages = state["messages"]
         turn = self._new_user_turn(messages) if self.check_prompt else None
         if turn is not None:
-            d = self.guard.check_prompt(turn.content)
+            d = self.guard.check_prompt(turn)
             if d.blocked:
                 return self._end_with(d)
+            if d.action is Action.REDACT:
+                return self._redact_turn(messages, d)
         if self.check_tool_results:
             blocked = []
             for tm in self._fresh_tool_results(messages):
@@ -163,9 +172,11 @@ class GuardMiddleware(AgentMiddleware):
         messages = state["messages"]
         turn = self._new_user_turn(messages) if self.check_prompt else None
         if turn is not None:
-            d = await self.guard.acheck_prompt(turn.content)
+            d = await self.guard.acheck_prompt(turn)
             if d.blocked:
                 return self._end_with(d)
+            if d.action is Action.REDACT:
+                return self._redact_turn(messages, d)
         if self.check_tool_results:
             blocked = []
             for tm in self._fresh_tool_results(messages):
@@ -230,3 +241,12 @@ class GuardMiddleware(AgentMiddleware):
             if not self.catch_stream_violations:
                 raise
             return refusal_message(exc.decision)
+
+
+def _since_last_ai(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+    out: list[BaseMessage] = []
+    for m in reversed(list(messages)):
+        if isinstance(m, AIMessage):
+            break
+        out.append(m)
+    return out[::-1]

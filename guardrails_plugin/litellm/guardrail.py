@@ -39,7 +39,7 @@ from ..config import GuardConfig
 from ..errors import GuardConfigError, GuardInputError
 from ..guard import Guard
 from ..streaming import tool_call_text
-from ..types import Action, Decision, GuardRequest, Stage
+from ..types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
 
 log = logging.getLogger("guardrails_plugin.litellm")
 
@@ -230,8 +230,24 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         try:
             return await self.guard.acheck_prompt(content, metadata={"guardrail": self._name()})
         except GuardInputError as exc:
+            # Content no guard can read is a guard that cannot answer: the stage's fail mode
+            # (closed -> 400), never a silent pass of text nobody judged.
             log.warning("guardrails-plugin could not read the prompt: %s", exc)
-            return None
+            return self._unreadable(Stage.PROMPT, exc)
+
+    def _unreadable(self, stage: Stage, exc: Exception) -> Decision:
+        request = GuardRequest(stage=stage, metadata={"guardrail": self._name()})
+        verdict = Verdict(guard="input", stage=stage, risk=1.0, parse_error=str(exc), failure=FailureKind.BAD_INPUT)
+        return self.guard.policy.decide(request, [verdict])
+
+    def query_text(self, data: Mapping[str, Any]) -> str:
+        """The request's user text, as the query of reasoning/response checks. Unreadable content
+        gives "" (the answer is still judged, without its query) rather than an error."""
+        q = prompt_messages(data) or ""
+        try:
+            return self.guard.request(Stage.PROMPT, prompt=q).prompt
+        except GuardInputError:
+            return ""
 
     def _apply_prompt_decision(self, data: dict[str, Any], decision: Decision | None) -> None:
         if decision is None:
@@ -264,7 +280,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         choices = getattr(response, "choices", None)
         if not choices:
             return response
-        query = prompt_messages(data) or ""
+        query = self.query_text(data)
         for choice in choices:
             message = getattr(choice, "message", None)
             if message is None:

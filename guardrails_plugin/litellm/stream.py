@@ -48,16 +48,11 @@ class _Held:
 
 class _StreamGuard:
     def __init__(self, guardrail: GuardrailsPluginGuardrail, request_data: dict[str, Any]):
-        from .guardrail import prompt_messages
-
         self.g = guardrail
         self.guard = guardrail.guard
         self.meta = {"guardrail": guardrail._name()}
-        q = prompt_messages(request_data) or ""
-        try:
-            self.query = self.guard.request(Stage.PROMPT, prompt=q).prompt
-        except Exception:  # an unreadable prompt must not stop the answer from being guarded
-            self.query = ""
+        # An unreadable prompt gives "": it must not stop the answer from being guarded.
+        self.query = guardrail.query_text(request_data)
         self.model = request_data.get("model")
         self.guard_reasoning = guardrail.guards(Stage.REASONING)
         self.guard_content = guardrail.guards(Stage.RESPONSE)
@@ -187,6 +182,15 @@ class _StreamGuard:
             info["detection_lag_tokens"] = mons[0].stats.detection_lag_tokens
         return info
 
+    def discard(self) -> None:
+        """Drop the monitors of a stream cut short (blocked, or the client went away): their
+        pending checks and the engine state (KV cache) kept for them. Never raises."""
+        for m in [*self.rmons, *([self.cmon] if self.cmon is not None else [])]:
+            try:
+                m.discard()
+            except Exception:
+                log.exception("guardrails-plugin could not discard a stream monitor")
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.rmons:
@@ -284,6 +288,8 @@ async def guard_stream(
         for g in s.gates:
             if not g.done():
                 g.cancel()
+        if blocked is not None or not upstream_done:
+            s.discard()
 
 
 def _internal_error(exc: Exception, s: _StreamGuard) -> Decision:

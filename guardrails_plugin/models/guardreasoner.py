@@ -112,15 +112,20 @@ class GuardReasoner(GuardModel):
 
 
 def final_answers(text: str) -> _Block | None:
-    """The last Answers block of a completion: the last ``Answers:`` header with answer lines after
-    it, or a bare Request/Completion/Response triple ending the text, whichever comes later."""
+    """The last Answers block of a completion: the answer lines after the last ``Answers:``
+    header, or a bare Request/Completion/Response triple ending the text, whichever comes later.
+
+    Only the last header counts: when the answers after it are missing or malformed (cut off at
+    the token cap, an invalid value), an earlier block (the model echoing the judged text, a
+    quoted format) must not stand in for them; the completion is unparseable instead."""
     headed: _Block | None = None
     headed_end = -1
-    for header in reversed(list(_HEADER.finditer(text))):
+    headers = list(_HEADER.finditer(text))
+    if headers:
+        header = headers[-1]
         fields, length = _read_block(text, header.end())
         if fields:
             headed, headed_end = _Block(header.start(), fields), header.end() + length
-            break
     trailing = _trailing_triple(text)
     if trailing is None or (headed is not None and trailing.start < headed_end):
         return headed  # no bare triple, or it is the headed block itself
