@@ -252,3 +252,13 @@ async def test_stream_holds_tool_call_chunks_until_checked(style):
     chunks = [c async for c in GuardedRunnable(_model(_tool_turn("weather"), style), guard).astream("q")]
     sent = [tc for c in chunks for tc in (getattr(c, "tool_call_chunks", None) or [])]
     assert sent and sent[0]["name"] == "lookup" and "weather" in sent[0]["args"]
+
+
+async def test_prompt_redaction_blocks_since_a_wrapper_cannot_rewrite_the_input():
+    cfg = {"stages": {"prompt": {"guards": ["GuardReasoner-1B"], "flagged_action": "redact"}}}
+    guard, _ = scripted_guard(latency_s=0.0, **cfg)
+    model = _model(Turn("fine", "done"))
+    out = GuardedRunnable(model, guard).invoke(f"my secret is {MARKER}")
+    assert out.content == guard.config.refusal_message and model.calls == 0
+    chunks = [c async for c in GuardedRunnable(model, guard).astream(f"my secret is {MARKER}")]
+    assert extract_deltas(chunks[-1])[1] == guard.config.refusal_message and model.calls == 0

@@ -165,7 +165,7 @@ class GuardedRunnable(Runnable[Input, Output]):
     def invoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
         query = self._query(input)
         if self.check_prompt:
-            d = self.guard.check_prompt(query)
+            d = self._redact_blocks(self.guard.check_prompt(query))
             if d.blocked:
                 return self._blocked(d, None)
         out = self.runnable.invoke(input, config, **kwargs)
@@ -179,7 +179,7 @@ class GuardedRunnable(Runnable[Input, Output]):
     async def ainvoke(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Output:
         query = self._query(input)
         if self.check_prompt:
-            d = await self.guard.acheck_prompt(query)
+            d = self._redact_blocks(await self.guard.acheck_prompt(query))
             if d.blocked:
                 return self._blocked(d, None)
         out = await self.runnable.ainvoke(input, config, **kwargs)
@@ -194,7 +194,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         self, out: Any, reasoning: str, text: str, rd: Decision | None, ad: Decision | None,
         td: Decision | None = None,
     ) -> Any:
-        for d in (rd, ad, self._tools_verdict(td)):
+        for d in (rd, ad, self._redact_blocks(td)):
             if d is not None and d.blocked:
                 return self._blocked(d, out)  # the refusal carries no tool calls
         new_reasoning = rd.text if rd is not None and rd.action is Action.REDACT else reasoning
@@ -231,8 +231,9 @@ class GuardedRunnable(Runnable[Input, Output]):
             return {**out, key: d.text}
         return d.text
 
-    def _tools_verdict(self, d: Decision | None) -> Decision | None:
-        """A tool call cannot be partly redacted (its arguments are JSON): REDACT blocks it."""
+    def _redact_blocks(self, d: Decision | None) -> Decision | None:
+        """REDACT as a BLOCK, where the text cannot be edited in place: a tool call's arguments
+        (JSON), or the caller's input (a wrapper cannot rewrite an arbitrary Runnable input)."""
         if d is not None and d.action is Action.REDACT:
             return d.model_copy(update={"action": Action.BLOCK, "text": self.guard.config.refusal_message})
         return d
@@ -362,7 +363,7 @@ class GuardedRunnable(Runnable[Input, Output]):
     def stream(self, input: Input, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Output]:
         query = self._query(input)
         if self.check_prompt:
-            d = self.guard.check_prompt(query)
+            d = self._redact_blocks(self.guard.check_prompt(query))
             if d.blocked:
                 st = self._new_state(query)
                 yield from self._end(st, _Shape(self.output_key), d)
@@ -398,7 +399,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         if self.check_response:
             decisions.append(st.answer.close())  # type: ignore[union-attr]
         if st.tool_text:
-            decisions.append(self._tools_verdict(self.guard.check_response(st.query, st.tool_text)))
+            decisions.append(self._redact_blocks(self.guard.check_response(st.query, st.tool_text)))
         yield from self._finish(st, shape, decisions)
 
     async def astream(
@@ -406,7 +407,7 @@ class GuardedRunnable(Runnable[Input, Output]):
     ) -> AsyncIterator[Output]:
         query = self._query(input)
         if self.check_prompt:
-            d = await self.guard.acheck_prompt(query)
+            d = self._redact_blocks(await self.guard.acheck_prompt(query))
             if d.blocked:
                 st = self._new_state(query)
                 for c in self._end(st, _Shape(self.output_key), d):
@@ -446,7 +447,7 @@ class GuardedRunnable(Runnable[Input, Output]):
         if self.check_response:
             decisions.append(await st.answer.aclose())  # type: ignore[union-attr]
         if st.tool_text:
-            decisions.append(self._tools_verdict(await self.guard.acheck_response(st.query, st.tool_text)))
+            decisions.append(self._redact_blocks(await self.guard.acheck_response(st.query, st.tool_text)))
         for c in self._finish(st, shape, decisions):
             yield c
 
