@@ -23,7 +23,7 @@ from .engines import Engine, build_engine, engine_key
 from .errors import GuardConfigError, GuardEngineError, GuardInputError, GuardTimeoutError
 from .models import GuardModel, get_model_class
 from .policy import Policy
-from .runtime import LoopThread, default_loop
+from .runtime import LoopThread, default_loop, we_are_cancelled
 from .types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
 from .windowing import clip_context, split_windows
 
@@ -274,24 +274,16 @@ class Guard:
             completions = await asyncio.wait_for(
                 engine.generate(inputs, timeout=mc.timeout_s), timeout=mc.timeout_s
             )
-        except (asyncio.TimeoutError, GuardTimeoutError) as exc:
-            return [self._failure(name, request.stage, FailureKind.TIMEOUT, f"deadline {mc.timeout_s}s: {exc}")]
-        except GuardEngineError as exc:
-            kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
-            return [self._failure(name, request.stage, kind, str(exc))]
-        except asyncio.CancelledError:
-            if _we_are_cancelled():
+        except asyncio.CancelledError as exc:
+            if we_are_cancelled():
                 raise
-            # The engine cancelled something of its own and let it escape: an engine failure.
-            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, "engine raised CancelledError")]
+            return self._engine_failure(name, request.stage, exc, mc.timeout_s)
         except Exception as exc:  # any engine bug is an engine failure, never an unhandled error
-            log.exception("engine for %s failed", name)
-            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
+            return self._engine_failure(name, request.stage, exc, mc.timeout_s)
         latency_ms = (time.perf_counter() - start) * 1e3
-        if not isinstance(completions, (list, tuple)) or len(completions) != len(inputs):
-            n = len(completions) if isinstance(completions, (list, tuple)) else type(completions).__name__
-            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
-                                  f"engine returned {n} completions for {len(inputs)} inputs")]
+        bad_batch = self._batch_error(completions, len(inputs), "completions")
+        if bad_batch:
+            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, bad_batch)]
         if not all(isinstance(c, str) for c in completions):
             bad = next(type(c).__name__ for c in completions if not isinstance(c, str))
             return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
@@ -317,6 +309,28 @@ class Guard:
         if len(request.prompt) <= budget:
             return request
         return request.model_copy(update={"prompt": clip_context(request.prompt, budget)})
+
+    def _engine_failure(self, name: str, stage: Stage, exc: BaseException, timeout_s: float) -> list[Verdict]:
+        """The failure verdict for an exception out of an engine call (generate or score)."""
+        if isinstance(exc, (asyncio.TimeoutError, GuardTimeoutError)):
+            return [self._failure(name, stage, FailureKind.TIMEOUT, f"deadline {timeout_s}s: {exc}")]
+        if isinstance(exc, GuardEngineError):
+            kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
+            return [self._failure(name, stage, kind, str(exc))]
+        if isinstance(exc, asyncio.CancelledError):
+            # The engine cancelled something of its own and let it escape (the caller has checked
+            # that it is not our own cancellation).
+            return [self._failure(name, stage, FailureKind.ENGINE_ERROR, "engine raised CancelledError")]
+        log.error("engine for %s failed", name, exc_info=exc)
+        return [self._failure(name, stage, FailureKind.ENGINE_ERROR, repr(exc))]
+
+    @staticmethod
+    def _batch_error(results: Any, expected: int, what: str) -> str | None:
+        """Why an engine's batch result is malformed (not a list of ``expected`` items), or None."""
+        if isinstance(results, (list, tuple)) and len(results) == expected:
+            return None
+        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
+        return f"engine returned {n} {what} for {expected} inputs"
 
     @staticmethod
     def _failure(name: str, stage: Stage, kind: FailureKind, why: str) -> Verdict:
@@ -389,10 +403,3 @@ class Guard:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-
-def _we_are_cancelled() -> bool:
-    """True when the running task itself is being cancelled (so CancelledError must propagate).
-    Python 3.10 cannot tell; there every CancelledError propagates."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return task is None or cancelling is None or cancelling() > 0

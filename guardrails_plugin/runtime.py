@@ -80,3 +80,11 @@ def default_loop() -> LoopThread:
             _default = LoopThread()
             atexit.register(_default.stop)
         return _default
+
+
+def we_are_cancelled() -> bool:
+    """True when the running task itself is being cancelled (so CancelledError must propagate).
+    Python 3.10 cannot tell; there every CancelledError propagates."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return task is None or cancelling is None or cancelling() > 0

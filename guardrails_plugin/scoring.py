@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engines.base import GenerationRequest
 from .engines.logprobs import ScoreRequest, ScoreResult
-from .errors import GuardEngineError, GuardTimeoutError
+from .runtime import we_are_cancelled
 from .types import FailureKind, GuardRequest, Stage, Verdict
 from .windowing import split_windows
 
@@ -308,20 +308,17 @@ async def run_scored(guard: Guard, name: str, request: GuardRequest) -> list[Ver
                 specs[i] = specs[i].with_pre_text(t)
         left = max(1e-3, mc.timeout_s - (loop.time() - start))
         results = await asyncio.wait_for(engine.score([sp.score for sp in specs], timeout=left), left)
-    except (asyncio.TimeoutError, GuardTimeoutError) as exc:
-        return [guard._failure(name, request.stage, FailureKind.TIMEOUT, f"deadline {mc.timeout_s}s: {exc}")]
-    except GuardEngineError as exc:
-        kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
-        return [guard._failure(name, request.stage, kind, str(exc))]
+    except asyncio.CancelledError as exc:
+        if we_are_cancelled():
+            raise
+        return guard._engine_failure(name, request.stage, exc, mc.timeout_s)
     except Exception as exc:
-        log.exception("fast scoring for %s failed", name)
-        return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, repr(exc))]
+        return guard._engine_failure(name, request.stage, exc, mc.timeout_s)
     latency_ms = (loop.time() - start) * 1e3
-    if not isinstance(results, (list, tuple)) or len(results) != len(specs):
-        # A misbehaving engine (None, a bare result, a short batch) is an engine failure.
-        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-        return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR,
-                               f"engine returned {n} scores for {len(specs)} inputs")]
+    # A misbehaving engine (None, a bare result, a short batch) is an engine failure.
+    bad_batch = guard._batch_error(results, len(specs), "scores")
+    if bad_batch:
+        return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, bad_batch)]
 
     verdicts: list[Verdict] = []
     for (s, e), spec, res in zip(spans, specs, results, strict=True):

@@ -668,13 +668,17 @@ class TransformersEngine:
             text = self._generate_rows([row], [ids], cache=cache)[0]
             self._session_put(sid, ids, cache)
         except Exception as exc:
-            self.release_session(sid)
-            err = GuardEngineError(f"{self.name}: generation failed: {exc!r}", retryable=True)
-            err.__cause__ = exc
-            row.job.fail(err)
+            self._fail_session_row(row, sid, "generation", exc)
             return
         if not row.job.abandoned:
             row.job.finish_row(row.index, text)
+
+    def _fail_session_row(self, row: _Row, sid: str | None, what: str, exc: Exception) -> None:
+        """A session row failed: its cached prefix may be half-updated, so drop it; fail the row."""
+        self.release_session(sid)
+        err = GuardEngineError(f"{self.name}: {what} failed: {exc!r}", retryable=True)
+        err.__cause__ = exc
+        row.job.fail(err)
 
     # ------------------------------------------------------------------ fast scoring (worker thread)
 
@@ -777,10 +781,7 @@ class TransformersEngine:
             result = self._result(row.request, lp, n_probe, len(ids), reused)
             self._session_put(sid, ids, cache)
         except Exception as exc:
-            self.release_session(sid)
-            err = GuardEngineError(f"{self.name}: scoring failed: {exc!r}", retryable=True)
-            err.__cause__ = exc
-            row.job.fail(err)
+            self._fail_session_row(row, sid, "scoring", exc)
             return
         if not row.job.abandoned:
             row.job.finish_row(row.index, result)
