@@ -1,12 +1,16 @@
 """Policy: folds a stage's verdicts into one Decision.
 
 Order of precedence, most severe first:
-1. a real verdict at or above the block threshold -> the flagged action (BLOCK by default, or a
-   per-category override such as INF -> REDACT; the most severe override wins);
-2. a guard that could not answer (engine error, timeout, unparseable) -> the stage's fail mode:
-   closed -> BLOCK with a reason naming the failure; open -> allow with ``degraded=True``;
-3. a real verdict in the escalate band [escalate_threshold, block_threshold) -> ESCALATE;
-4. otherwise ALLOW.
+1. fail-closed and any guard or window could not answer (engine error, timeout, unparseable)
+   -> BLOCK with the failure kind, whatever the other verdicts flagged: a REDACT or ESCALATE of the
+   judged part must never release the part nobody judged;
+2. a real verdict at or above the block threshold -> the flagged action (BLOCK by default, or a
+   per-category override such as INF -> REDACT; the most severe override wins); under fail-open
+   with a failed verdict beside it, the action applies to the judged text and the decision is
+   ``degraded`` with the failure kind;
+3. fail-open and nothing flagged but a failure -> allow with ``degraded=True``;
+4. a real verdict in the escalate band [escalate_threshold, block_threshold) -> ESCALATE;
+5. otherwise ALLOW.
 """
 
 from __future__ import annotations
@@ -60,36 +64,62 @@ class Policy:
             unguarded=list(unguarded or []),
         )
 
-        if flagged:
-            action = self._flagged_action(flagged)
-            top = max(flagged, key=lambda v: v.risk)
-            reason = f"risk {top.risk:.2f} >= {threshold:.2f} ({top.guard})"
-            if top.categories:
-                reason += f" [{', '.join(top.categories)}]"
-            # An ESCALATE reached by a per-stage or per-category override holds exactly like one
-            # from the escalate band: escalation_hold=True must never let the content through.
-            hold = action is Action.ESCALATE and cfg.escalation_hold
-            return Decision(
-                action=action, text=self._text_for(action, text, flagged), reason=reason, hold=hold, **common
-            )
-
+        closed = cfg.fail_mode_for(stage) == "closed"
+        kind: FailureKind | None = None
+        why = detail = ""
         if failed or not verdicts:
-            kind = failed[0].failure if failed else FailureKind.ENGINE_ERROR
-            kind = kind or FailureKind.UNPARSEABLE
+            kind = (failed[0].failure if failed else FailureKind.ENGINE_ERROR) or FailureKind.UNPARSEABLE
             # ``reason`` is a stable token callers can match; the engine's words go to ``detail``.
             why = FAILURE_REASONS[kind]
             detail = (failed[0].parse_error if failed else None) or "no verdict"
             if kind is FailureKind.CIRCUIT_OPEN:
                 detail = f"circuit open: {detail}"
-            if cfg.fail_mode_for(stage) == "closed":
-                return Decision(
-                    action=Action.BLOCK,
-                    text=cfg.refusal_message,
-                    reason=why,
-                    detail=detail,
-                    failure=kind,
-                    **common,
-                )
+
+        if kind is not None and closed:
+            # Some text went unjudged: nothing of it may pass, whatever the judged part earned.
+            # The client-facing risk is the failure verdict's 1.0, never the judged part's 0.0.
+            if flagged:
+                detail += f" (also flagged: {self._flag_reason(flagged, threshold)})"
+            common["risk"] = 1.0
+            return Decision(
+                action=Action.BLOCK, text=cfg.refusal_message, reason=why, detail=detail, failure=kind, **common
+            )
+
+        # Fail-open: an action on the judged part applies, and the decision says part went unjudged.
+        extra: dict = {}
+        if kind is not None:
+            extra = dict(degraded=True, failure=kind, detail=f"{detail} (fail-open: part of the text has no verdict)")
+
+        if flagged:
+            action = self._flagged_action(flagged)
+            # An ESCALATE reached by a per-stage or per-category override holds exactly like one
+            # from the escalate band: escalation_hold=True must never let the content through.
+            hold = action is Action.ESCALATE and cfg.escalation_hold
+            return Decision(
+                action=action,
+                text=self._text_for(action, text, flagged),
+                reason=self._flag_reason(flagged, threshold),
+                hold=hold,
+                # degraded means "released unjudged text": a BLOCK releases nothing.
+                **(extra if action is not Action.BLOCK else {}),
+                **common,
+            )
+
+        # Fail-open with nothing flagged: the judged part may still sit in the escalate band.
+        escalate_at = cfg.escalate_at(stage)
+        if worst is not None and escalate_at is not None and risk >= escalate_at:
+            hold = cfg.escalation_hold
+            return Decision(
+                action=Action.ESCALATE,
+                text=cfg.refusal_message if hold else text,
+                reason=f"risk {risk:.2f} in escalate band [{escalate_at:.2f}, {threshold:.2f}) "
+                f"({worst.guard})",
+                hold=hold,
+                **extra,
+                **common,
+            )
+
+        if kind is not None:
             # Fail-open: let the text through, say loudly that nothing judged it.
             return Decision(
                 action=Action.ALLOW,
@@ -101,21 +131,16 @@ class Policy:
                 **common,
             )
 
-        escalate_at = cfg.escalate_at(stage)
-        if escalate_at is not None and risk >= escalate_at:
-            assert worst is not None
-            hold = cfg.escalation_hold
-            return Decision(
-                action=Action.ESCALATE,
-                text=cfg.refusal_message if hold else text,
-                reason=f"risk {risk:.2f} in escalate band [{escalate_at:.2f}, {threshold:.2f}) "
-                f"({worst.guard})",
-                hold=hold,
-                **common,
-            )
-
         reason = f"risk {risk:.2f} < {threshold:.2f}" + (f" ({worst.guard})" if worst else "")
         return Decision(action=Action.ALLOW, text=text, reason=reason, **common)
+
+    @staticmethod
+    def _flag_reason(flagged: list[Verdict], threshold: float) -> str:
+        top = max(flagged, key=lambda v: v.risk)
+        reason = f"risk {top.risk:.2f} >= {threshold:.2f} ({top.guard})"
+        if top.categories:
+            reason += f" [{', '.join(top.categories)}]"
+        return reason
 
     def _flagged_action(self, flagged: list[Verdict]) -> Action:
         default = self.config.stage(flagged[0].stage).flagged_action

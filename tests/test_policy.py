@@ -123,3 +123,67 @@ def test_decision_json_roundtrip_and_raise() -> None:
     with pytest.raises(GuardrailViolation) as ei:
         d.raise_for_action()
     assert ei.value.decision is d
+
+
+# --- Mixed verdicts: one window/guard flagged, another could not answer (issue 15) -------------------
+# Table: {flagged BLOCK / REDACT / ESCALATE (override), hold on/off} x {other failed: window / guard / none}
+# x {closed / open}. Under fail-closed any failure blocks with its kind; under fail-open the flagged
+# action covers the judged text and the decision says part of it went unjudged.
+TEXT = "aaaa bbbb cccc dddd"
+MIXED_REQ = GuardRequest(stage=Stage.RESPONSE, prompt="q", response=TEXT)
+FLAGGED = {
+    "block": ({}, Action.BLOCK),
+    "redact": ({"INF": Action.REDACT}, Action.REDACT),
+    "escalate": ({"INF": Action.ESCALATE}, Action.ESCALATE),
+}
+
+
+@pytest.mark.parametrize("fail_mode", ["closed", "open"])
+@pytest.mark.parametrize("other", ["window", "guard", "none"])
+@pytest.mark.parametrize("hold", [False, True])
+@pytest.mark.parametrize("flag", sorted(FLAGGED))
+def test_mixed_flagged_and_failed_verdicts(flag: str, hold: bool, other: str, fail_mode: str) -> None:
+    overrides, flagged_action = FLAGGED[flag]
+    cfg = GuardConfig(fail_mode=fail_mode, category_actions=overrides, escalation_hold=hold)
+    verdicts = [v(0.9, guard="a", cats=["INF"], window=(0, 10))]
+    if other == "window":
+        verdicts.append(v(1.0, guard="a", failure=FailureKind.TIMEOUT, ok=True, window=(5, len(TEXT))))
+    elif other == "guard":
+        verdicts.append(v(1.0, guard="b", ok=False, failure=FailureKind.UNPARSEABLE))
+    d = Policy(cfg).decide(MIXED_REQ, verdicts)
+
+    if other != "none" and fail_mode == "closed":
+        expected_kind = FailureKind.TIMEOUT if other == "window" else FailureKind.UNPARSEABLE
+        assert d.action is Action.BLOCK
+        assert d.failure is expected_kind
+        assert d.text == cfg.refusal_message
+        assert "dddd" not in d.text
+        assert d.risk == 1.0  # consistent with the failure verdict, never 0.0
+        assert not d.degraded
+        return
+
+    assert d.action is flagged_action
+    released = d.text != cfg.refusal_message
+    if flagged_action is Action.BLOCK or (flagged_action is Action.ESCALATE and hold):
+        assert not released and d.blocked
+    elif flagged_action is Action.REDACT:
+        assert d.text.startswith("[REDACTED]") and "aaaa" not in d.text
+    else:  # ESCALATE without hold passes the text to the review queue
+        assert d.text == TEXT
+    if other == "none":
+        assert d.failure is None and not d.degraded
+    elif released:  # fail-open released text part of which no guard judged: say so
+        assert d.degraded and d.failure is not None
+    else:
+        assert d.failure is not None or flagged_action is Action.BLOCK
+
+
+def test_fail_open_escalate_band_still_applies_to_judged_part() -> None:
+    cfg = GuardConfig(fail_mode="open", escalate_threshold=0.3)
+    d = Policy(cfg).decide(REQ, [v(0.35, guard="a"), v(1.0, guard="b", ok=False, failure=FailureKind.TIMEOUT)])
+    assert d.action is Action.ESCALATE and d.degraded and d.failure is FailureKind.TIMEOUT
+
+
+def test_fail_closed_block_risk_is_not_zero() -> None:
+    d = Policy(GuardConfig()).decide(REQ, [v(1.0, ok=False, failure=FailureKind.ENGINE_ERROR)])
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR and d.risk == 1.0
