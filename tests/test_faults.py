@@ -28,9 +28,10 @@ except ImportError:  # tests/ as a package
     from tests.fake_openai_server import FakeOpenAIServer, RecordedRequest, Reply, dead_url
 
 DEADLINE_S = 1.5
-#: absolute allowance for process scheduling on a loaded 2-core box (on top of the 10%)
+#: least allowance for process scheduling (on top of the 10%); on a loaded box the ``limit_s`` fixture
+#: scales it to a healthy round trip measured right before the fault, so load cannot turn a correct
+#: deadline into a red build while a guard that waits past its deadline (10 s here) still fails.
 SLACK_S = 0.3
-LIMIT_S = DEADLINE_S * 1.1 + SLACK_S
 
 GR_SAFE = "The request is a greeting.\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n"
 GR_HARMFUL = "Bomb making.\nAnswers: \nRequest: harmful\nCompletion: compliance\nResponse: harmful\n"
@@ -73,6 +74,19 @@ def guard_for(
 def srv() -> Iterator[FakeOpenAIServer]:
     with FakeOpenAIServer(default=healthy) as server:
         yield server
+
+
+@pytest.fixture
+def limit_s(srv: FakeOpenAIServer) -> float:
+    """Deadline + 10% + slack, the slack scaled to what a healthy first check (engine build, HTTP
+    connect, one reply) costs on this machine right now."""
+    worst = 0.0
+    for _ in range(2):
+        with guard_for(srv.base_url) as guard:
+            worst = max(worst, check(guard, Stage.PROMPT)[1])
+    with srv._lock:
+        srv.requests.clear()
+    return DEADLINE_S * 1.1 + max(SLACK_S, 3 * worst)
 
 
 def check(guard: Guard, stage: Stage, text: str = "hello there"):
@@ -137,14 +151,14 @@ def _assert_fail_mode(d, guard: Guard, kind: FailureKind, fragment: str, fail_mo
 @pytest.mark.parametrize("fail_mode", ["closed", "open"])
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_prompt_fault_ends_in_fail_mode_within_deadline(
-    srv: FakeOpenAIServer, fault: str, fail_mode: str
+    srv: FakeOpenAIServer, limit_s: float, fault: str, fail_mode: str
 ) -> None:
     install, kind, fragment, n_requests = FAULTS[fault]
     url = install(srv) or srv.base_url
     with guard_for(url, fail_mode=fail_mode) as guard:
         d, elapsed = check(guard, Stage.PROMPT)
     _assert_fail_mode(d, guard, kind, fragment, fail_mode, "hello there")
-    assert elapsed <= LIMIT_S, f"{fault}: {elapsed:.2f}s > {LIMIT_S:.2f}s"
+    assert elapsed <= limit_s, f"{fault}: {elapsed:.2f}s > {limit_s:.2f}s"
     if kind is FailureKind.TIMEOUT and fault == "slow_past_deadline":
         assert elapsed >= DEADLINE_S * 0.9  # it did wait for the guard, up to its deadline
     if n_requests is not None:
@@ -155,13 +169,13 @@ def test_prompt_fault_ends_in_fail_mode_within_deadline(
 @pytest.mark.parametrize("fault", ["engine_down", "slow_past_deadline", "garbage_body",
                                    "empty_completion", "reset_mid_response", "http_500",
                                    "http_429_gives_up"])
-def test_reasoning_fault_over_chat_endpoint(srv: FakeOpenAIServer, fault: str) -> None:
+def test_reasoning_fault_over_chat_endpoint(srv: FakeOpenAIServer, limit_s: float, fault: str) -> None:
     install, kind, fragment, n_requests = FAULTS[fault]
     url = install(srv) or srv.base_url
     with guard_for(url) as guard:
         d, elapsed = check(guard, Stage.REASONING, "2+2 is 4")
     _assert_fail_mode(d, guard, kind, fragment, "closed", "2+2 is 4")
-    assert elapsed <= LIMIT_S
+    assert elapsed <= limit_s
     if n_requests is not None:
         assert [r.path for r in srv.completion_requests()] == ["/v1/chat/completions"] * n_requests
 
@@ -177,12 +191,12 @@ def test_healthy_server_gives_real_verdicts(srv: FakeOpenAIServer) -> None:
     assert rs.action is Action.ALLOW and rs.verdicts[0].label == "0"
 
 
-def test_one_reset_then_recovery_is_a_real_verdict(srv: FakeOpenAIServer) -> None:
+def test_one_reset_then_recovery_is_a_real_verdict(srv: FakeOpenAIServer, limit_s: float) -> None:
     srv.script(Reply.reset())
     with guard_for(srv.base_url) as guard:
         d, elapsed = check(guard, Stage.PROMPT)
     assert d.action is Action.ALLOW and d.failure is None and not d.degraded
-    assert len(srv.completion_requests()) == 2 and elapsed <= LIMIT_S
+    assert len(srv.completion_requests()) == 2 and elapsed <= limit_s
 
 
 def test_one_429_then_recovery(srv: FakeOpenAIServer) -> None:
@@ -229,9 +243,16 @@ def test_server_fails_one_of_several_concurrent_window_requests(srv: FakeOpenAIS
     """Windows of one text go out as concurrent HTTP requests; one gets a 500 at once while the
     others hang. The whole call fails immediately (the others are cancelled, not awaited)."""
 
+    others = threading.Semaphore(0)
+
     def replies(rec: RecordedRequest) -> Reply:
         if "POISON" in rec.prompt_text:
+            # Fail only once two other windows are in flight, so the test sees concurrent requests
+            # being cancelled rather than racing the client's send of the later windows.
+            for _ in range(2):
+                others.acquire(timeout=2.0)
             return Reply.error(500, "kernel panic")
+        others.release()
         return Reply.slow(5.0, GR_SAFE)
 
     srv.default = replies

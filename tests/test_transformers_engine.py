@@ -9,6 +9,11 @@ import time
 
 import pytest
 
+try:
+    from sync_support import SpyLock, wait_until
+except ImportError:  # tests/ as a package
+    from tests.sync_support import SpyLock, wait_until
+
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
@@ -302,6 +307,7 @@ def test_generate_racing_aclose_is_answered_or_refused_never_stranded(tiny_qwen3
     # its whole deadline (forever with timeout=None) instead of getting an answer or "closed".
     engine = TransformersEngine(tiny_qwen3_dir)
     real_put = engine._queue.put
+    spy = engine._thread_lock = SpyLock(engine._thread_lock)
     closer: list[threading.Thread] = []
 
     def put(item, *a, **kw):
@@ -309,7 +315,9 @@ def test_generate_racing_aclose_is_answered_or_refused_never_stranded(tiny_qwen3
             t = threading.Thread(target=lambda: asyncio.run(engine.aclose()), daemon=True)
             closer.append(t)
             t.start()
-            t.join(0.5)  # without the fix aclose finishes here, before our row is queued
+            # Without the fix aclose() finishes here, before our row is queued; with it, aclose()
+            # waits for the lock we hold. Wait for whichever happens, not for a guessed 0.5 s.
+            assert wait_until(lambda: not t.is_alive() or spy.contended.is_set())
         return real_put(item, *a, **kw)
 
     engine._queue.put = put  # type: ignore[method-assign]
