@@ -309,17 +309,33 @@ def test_malformed_engine_batches_fail_closed(result, why) -> None:
     assert d.reason == "guard_unavailable" and why in (d.detail or "")
 
 
-def test_odd_inputs_never_crash_and_never_silently_allow(guard: Guard) -> None:
+def _down(_: str) -> str:
+    raise ConnectionError("down")
+
+
+@pytest.mark.parametrize("engine_kind", ["healthy", "down", "garbage"])
+def test_odd_inputs_never_crash_and_never_silently_allow(engine_kind: str) -> None:
+    """Healthy, dead and babbling engines alike: an odd input ends in a real verdict, an explicit
+    empty_text, or the fail mode. Under the default fail-closed a failing engine never allows."""
+    fn = {"healthy": responder, "down": _down, "garbage": lambda _: "}{ not a verdict"}[engine_kind]
     odd = ["", " ", "\x00", "\ud800", b"\xff", [], [{}], [{"type": "text"}], [{"role": "user"}],
            [{"role": "user", "content": None}], {"type": "text", "text": "hi"}, ("a", b"b".decode()),
            "a" * 30_000, "\n" * 50_000 + "x", [{"type": "text", "text": "x"}] * 100]
-    for value in odd:
-        for stage in Stage:
-            try:
-                d = check_stage(guard, stage, value)
-            except GuardInputError:
-                continue
-            assert_justified(d)
+    allowed = 0
+    with Guard(GuardConfig(), engine=ScriptedEngine(fn)) as guard:
+        for value in odd:
+            for stage in Stage:
+                try:
+                    d = check_stage(guard, stage, value)
+                except GuardInputError:
+                    continue
+                assert_justified(d)
+                assert not d.degraded  # fail-closed is the default: nothing released unjudged
+                if engine_kind != "healthy" and d.action is Action.ALLOW:
+                    assert d.reason.startswith("empty_text"), d
+                allowed += d.action is Action.ALLOW and not d.reason.startswith("empty_text")
+    if engine_kind == "healthy":
+        assert allowed > 0  # control: the healthy engine really judges (and allows) these
 
 
 def test_parts_without_text_are_recorded(guard: Guard) -> None:
