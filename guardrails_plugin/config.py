@@ -3,10 +3,18 @@
 Sources, highest priority first: keyword arguments, environment variables ``GUARDRAILS_PLUGIN_*``
 (nested fields with ``__``, e.g. ``GUARDRAILS_PLUGIN_STAGES__PROMPT__FAIL_MODE=open``), then a
 YAML file given to ``GuardConfig.from_yaml`` / ``Guard.from_config``.
+
+``models`` merges with the default model map: an entry named like a default model overrides only
+the fields it sets (``ReasoningShield-1B: {engine: openai, base_url: ...}`` keeps its family),
+``Name: null`` removes a default, any other name adds a model. Model names match regardless of
+case and of ``-`` / ``_`` (environment variable names are case-folded, and shells know no ``-``:
+``GUARDRAILS_PLUGIN_MODELS__GUARDREASONER_1B__ENGINE=openai`` overrides ``GuardReasoner-1B``).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .circuit import CircuitConfig
 from .errors import GuardConfigError
+from .models import get_model_class
 from .types import Action, Stage
 
 Strictness = Literal["strict", "moderate", "loose"]
@@ -32,7 +41,10 @@ class GuardModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    family: Literal["reasoningshield", "guardreasoner", "flexguard"]
+    family: str = Field(
+        description="Guard family (reasoningshield, guardreasoner, flexguard, ...: every registered "
+        "adapter); inferred from `model` when that names a known guard."
+    )
     model: str | None = Field(
         None, description="Hub id or local folder; defaults to the family's 1B/8B hub id."
     )
@@ -48,6 +60,23 @@ class GuardModelConfig(BaseModel):
     window_overlap_chars: int = Field(1_000, ge=0)
     device: str | None = None
     dtype: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_family(cls, data: Any) -> Any:
+        # `{model: /models/GuardReasoner-8B}` says its family in its name.
+        if isinstance(data, Mapping) and data.get("family") is None and isinstance(data.get("model"), str):
+            try:
+                return {**data, "family": get_model_class(data["model"]).family}
+            except GuardConfigError:
+                pass
+        return data
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        # The adapter registry decides, so a new family file needs no change here.
+        return get_model_class(v).family
 
     @model_validator(mode="after")
     def _check(self) -> GuardModelConfig:
@@ -84,6 +113,65 @@ def _default_models() -> dict[str, GuardModelConfig]:
     }
 
 
+def model_key(name: str) -> str:
+    """How model names are compared: case-insensitive, ``-`` / ``_`` / ``.`` / spaces alike."""
+    return re.sub(r"[-_.\s]+", "-", name.strip().lower())
+
+
+def find_model(models: Mapping[str, Any], name: str) -> str | None:
+    """The key of ``models`` that ``name`` refers to (exact, else by ``model_key``), or None."""
+    if name in models:
+        return name
+    want = model_key(name)
+    return next((k for k in models if model_key(k) == want), None)
+
+
+def merge_models(entries: Mapping[Any, Any]) -> dict[str, Any]:
+    """The default model map with ``entries`` merged in (see the module docstring)."""
+    merged: dict[str, Any] = dict(_default_models())
+    for name, entry in entries.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"model names must be non-empty strings, got {name!r}")
+        key = find_model(merged, name)
+        if entry is None:  # explicit removal of a default (or of an entry merged above)
+            if key is None:
+                raise ValueError(f"models.{name}: null removes a model, but there is no model named {name!r}")
+            del merged[key]
+            continue
+        if isinstance(entry, Mapping):
+            base = merged.get(key) if key is not None else None
+            if isinstance(base, GuardModelConfig):
+                base = base.model_dump(exclude_unset=True)
+            fields = dict(entry)
+            if isinstance(base, Mapping):
+                same_family = "family" not in fields or _family_of(fields["family"]) == _family_of(base.get("family"))
+                # another family is another model: it inherits nothing from the entry it replaces
+                fields = {**base, **fields} if same_family else fields
+            elif fields.get("family") is None and fields.get("model") is None:
+                fields["family"] = _family_from_name(name)
+            merged[key or name] = fields
+        else:  # a ready GuardModelConfig replaces the entry; anything else fails validation
+            merged[key or name] = entry
+    return merged
+
+
+def _family_of(value: Any) -> Any:
+    try:
+        return get_model_class(value).family if isinstance(value, str) else value
+    except GuardConfigError:
+        return value
+
+
+def _family_from_name(name: str) -> str:
+    try:
+        return get_model_class(name).family
+    except GuardConfigError:
+        raise ValueError(
+            f"models.{name}: no `family` given and none follows from the name; "
+            "set family: (e.g. guardreasoner, reasoningshield, flexguard)"
+        ) from None
+
+
 def _default_stages() -> dict[Stage, StageConfig]:
     return {
         Stage.PROMPT: StageConfig(guards=["GuardReasoner-1B"]),
@@ -117,7 +205,10 @@ class GuardConfig(BaseSettings):
     cascade_band: tuple[float, float] = Field(
         (0.2, 0.8), description="Fast risks inside this band get a full generation (cascade)."
     )
-    models: dict[str, GuardModelConfig] = Field(default_factory=_default_models)
+    models: dict[str, GuardModelConfig] = Field(
+        default_factory=_default_models,
+        description="Merged with the default models; `Name: null` removes one (module docstring).",
+    )
     stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
     audit: dict[str, Any] | None = Field(None, description="Audit sink settings (see audit.py).")
     circuit: CircuitConfig = Field(
@@ -138,14 +229,26 @@ class GuardConfig(BaseSettings):
             return merged
         return v
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _merge_models(cls, v: Any) -> Any:
+        if v is None:  # `models:` with nothing under it keeps the defaults
+            return _default_models()
+        return merge_models(v) if isinstance(v, Mapping) else v
+
     @model_validator(mode="after")
     def _check_refs(self) -> GuardConfig:
-        for stage, sc in self.stages.items():
+        for stage, sc in list(self.stages.items()):
             if not sc.enabled:  # a disabled stage may keep default guard names the config dropped
                 continue
-            missing = [g for g in sc.guards if g not in self.models]
+            found = [find_model(self.models, g) for g in sc.guards]
+            missing = [g for g, k in zip(sc.guards, found, strict=True) if k is None]
             if missing:
-                raise ValueError(f"stage {stage}: unknown guard model(s) {missing}")
+                raise ValueError(
+                    f"stage {stage}: unknown guard model(s) {missing}; models are {sorted(self.models)}"
+                )
+            if found != sc.guards:  # refer to models by their configured names from here on
+                self.stages[stage] = sc.model_copy(update={"guards": found})
             if not sc.guards:
                 raise ValueError(f"stage {stage} is enabled but lists no guards")
         lo, hi = self.cascade_band

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .audit import Auditor, AuditWriteError, auditor_from_config
 from .circuit import BreakerEngine, CircuitBreaker
-from .config import GuardConfig, GuardModelConfig
+from .config import GuardConfig, GuardModelConfig, find_model
 from .content import normalize_text
 from .engines import Engine, build_engine, engine_key
 from .errors import GuardConfigError, GuardEngineError, GuardInputError, GuardTimeoutError
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("guardrails_plugin")
 
 DecisionHook = Callable[[GuardRequest, Decision], None]
+
+#: generation cap for tiny random test models (guardrails_plugin.testing writes tiny_model.json):
+#: their completions are gibberish, so 1,024 tokens of it only cost time (~18 s per CLI check)
+TINY_MAX_NEW_TOKENS = 32
+#: URLs in engine errors (internal hosts, ports) are cut from what callers and clients see
+_URL = re.compile(r"\b([a-z][a-z0-9+.-]*)://[^\s'\"<>)\]]+", re.IGNORECASE)
+
+
+def redact_urls(text: str | None) -> str | None:
+    """``text`` with every URL replaced by ``<scheme-url>``; the logs keep the original."""
+    return _URL.sub(lambda m: f"<{m.group(1).lower()}-url>", text) if text else text
 
 
 class Guard:
@@ -79,19 +91,26 @@ class Guard:
     def model(self, name: str) -> GuardModel:
         """The adapter of the configured guard model ``name``."""
         if name not in self._models:
-            try:
-                mc = self.config.models[name]
-            except KeyError:
+            key = find_model(self.config.models, name)  # names match case-insensitively
+            if key is None:
                 raise GuardConfigError(f"no guard model named {name!r} in the config") from None
+            if key != name:
+                return self.model(key)
+            mc = self.config.models[name]
             cls = get_model_class(mc.family)
             model_dir = mc.model if mc.model and Path(mc.model).is_dir() else None
-            self._models[name] = cls(name, model_dir=model_dir, max_new_tokens=mc.max_new_tokens)
+            max_new = mc.max_new_tokens
+            if max_new is None and model_dir is not None and (Path(model_dir) / "tiny_model.json").is_file():
+                max_new = TINY_MAX_NEW_TOKENS
+            self._models[name] = cls(name, model_dir=model_dir, max_new_tokens=max_new)
         return self._models[name]
 
-    def engine(self, name: str) -> Engine:
+    def engine(self, name: str, *, download: bool = False) -> Engine:
         """The engine that runs guard model ``name`` (built on first use, shared when identical).
 
-        With ``config.circuit.enabled`` (the default) it is a ``BreakerEngine``: ``generate`` goes
+        Weights come from local files only (a folder, or the Hugging Face cache); ``download=True``
+        (what ``warmup`` passes) may fetch a hub id missing from the cache, so a check never waits
+        on the hub. With ``config.circuit.enabled`` (the default) it is a ``BreakerEngine``: ``generate`` goes
         through the engine's circuit breaker, everything else is delegated (``.inner`` is the
         engine itself)."""
         with self._engines_lock:  # two first checks at once must not load the weights twice
@@ -101,11 +120,13 @@ class Guard:
                 return self._override
             key = self._engine_key(name)
             if key not in self._engines:
-                self._engines[key] = self._with_breaker(build_engine(self.config.models[name], self.model(name)))
+                mc = self.config.models[self.model(name).name]
+                self._engines[key] = self._with_breaker(build_engine(mc, self.model(name), download=download))
             return self._engines[key]
 
     def _engine_key(self, name: str) -> tuple[Any, ...]:
-        return engine_key(self.config.models[name], self.model(name))
+        model = self.model(name)
+        return engine_key(self.config.models[model.name], model)
 
     async def _aengine(self, name: str) -> Engine:
         """``engine(name)``, built in a worker thread on first use: loading weights takes seconds
@@ -115,12 +136,26 @@ class Guard:
         built = self._engines.get(self._engine_key(name))
         return built if built is not None else await asyncio.to_thread(self.engine, name)
 
-    def warmup(self) -> Guard:
-        """Build (load) the engines of every enabled stage now, e.g. at server start-up, so a
-        missing model fails loudly there instead of as fail-mode decisions later."""
-        for sc in self.config.stages.values():
-            for name in sc.guards if sc.enabled else ():
-                self.engine(name)
+    def warmup(self, names: list[str] | None = None) -> Guard:
+        """Resolve and load the guard models of every enabled stage (or just ``names``) now, at
+        start-up: a hub id missing from the cache is downloaded here (never on a check's path,
+        and not at all under HF_HUB_OFFLINE=1). A model that cannot be had raises one
+        GuardConfigError naming each such model, what was tried and how to fix it."""
+        if names is None:
+            names = [n for sc in self.config.stages.values() if sc.enabled for n in sc.guards]
+        problems: list[str] = []
+        for name in dict.fromkeys(names):
+            try:
+                self.engine(name, download=True)
+            except GuardConfigError as exc:
+                problems.append(str(exc))
+            except ImportError as exc:
+                problems.append(f"guard model {name!r} needs an optional dependency ({exc}); "
+                                "install `pip install 'guardrails-plugin[transformers]'`")
+        if len(problems) == 1:
+            raise GuardConfigError(problems[0])
+        if problems:
+            raise GuardConfigError("cannot load the guard models:\n- " + "\n- ".join(problems))
         return self
 
     def _with_breaker(self, engine: Engine) -> Engine:
@@ -232,6 +267,8 @@ class Guard:
                 latency_ms=(time.perf_counter() - start) * 1e3,
                 unguarded=unguarded,
             )
+            if decision.failure is not None:
+                decision = self._explain_failure(request, decision)
         if notes:  # what normalising the input changed or skipped, visible on the decision
             decision = decision.model_copy(update={"notes": notes})
         await self._emit(request, decision)
@@ -310,6 +347,37 @@ class Guard:
             return request
         return request.model_copy(update={"prompt": clip_context(request.prompt, budget)})
 
+    def _explain_failure(self, request: GuardRequest, decision: Decision) -> Decision:
+        """Log the errors behind a fail-mode decision once, in full (request id, guard, engine),
+        and return the decision with URLs cut from what callers and clients see."""
+        failed = [v for v in decision.verdicts if not v.ok]
+        seen = dict.fromkeys(
+            (v.guard, str(v.failure), v.parse_error or "no verdict", v.raw_output[:200]) for v in failed
+        )
+        why = "; ".join(
+            f"guard={g} engine={self._engine_desc(g)} {kind}: {err}" + (f" (output: {out!r})" if out else "")
+            for g, kind, err, out in seen
+        )
+        log.warning(
+            "guardrails-plugin fail-%s: %s check -> %s (%s) request_id=%s: %s",
+            self.config.fail_mode_for(request.stage), request.stage, decision.action, decision.reason,
+            decision.request_id, why or "no verdict",
+        )
+        verdicts = [v if v.ok else v.model_copy(update={"parse_error": redact_urls(v.parse_error)})
+                    for v in decision.verdicts]
+        return decision.model_copy(update={"detail": redact_urls(decision.detail), "verdicts": verdicts})
+
+    def _engine_desc(self, name: str) -> str:
+        """The engine of guard ``name`` for logs: kind, URLs or weights, served model (no key)."""
+        if self._engine_override is not None:
+            return str(getattr(self._engine_override, "name", type(self._engine_override).__name__))
+        try:
+            model = self.model(name)
+        except GuardConfigError:
+            return "?"
+        key = engine_key(self.config.models[model.name], model)
+        return f"openai {','.join(key[1])} model={key[2]}" if key[0] == "openai" else f"transformers {key[1]}"
+
     def _engine_failure(self, name: str, stage: Stage, exc: BaseException, timeout_s: float) -> list[Verdict]:
         """The failure verdict for an exception out of an engine call (generate or score)."""
         if isinstance(exc, (asyncio.TimeoutError, GuardTimeoutError)):
@@ -317,11 +385,15 @@ class Guard:
         if isinstance(exc, GuardEngineError):
             kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
             return [self._failure(name, stage, kind, str(exc))]
+        if isinstance(exc, GuardConfigError):  # the engine could not be built (weights missing)
+            return [self._failure(name, stage, FailureKind.ENGINE_ERROR, f"not loaded: {exc}")]
         if isinstance(exc, asyncio.CancelledError):
             # The engine cancelled something of its own and let it escape (the caller has checked
             # that it is not our own cancellation).
             return [self._failure(name, stage, FailureKind.ENGINE_ERROR, "engine raised CancelledError")]
-        log.error("engine for %s failed", name, exc_info=exc)
+        # not one of ours: an engine bug. The fail-mode decision logs it once (_explain_failure);
+        # the traceback is for debugging.
+        log.debug("engine for %s raised", name, exc_info=exc)
         return [self._failure(name, stage, FailureKind.ENGINE_ERROR, repr(exc))]
 
     @staticmethod
