@@ -95,8 +95,55 @@ def _text_of_parts(parts: Sequence[Any], notes: list[str], what: str) -> str:
             continue
         if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind in ("reasoning", "thinking"):
-            texts.append(str(part.get("reasoning") or part.get("thinking") or part.get("text") or ""))
+        elif kind in _REASONING_TYPES and (r := reasoning_text(part)) is not None:
+            texts.append(r)
         else:
             notes.append(f"{what}[{i}]: {kind or 'untyped'} part not guarded")
     return "\n".join(t for t in texts if t)
+
+
+#: block types that carry reasoning; "redacted_thinking" is encrypted (never shown, nothing to read)
+_REASONING_TYPES = ("reasoning", "thinking", "redacted_thinking")
+_TEXT_PART_TYPES = (None, "text", "summary_text", "reasoning_text", "thinking", "reasoning")
+
+
+def reasoning_text(value: Any) -> str | None:
+    """The text of reasoning in any shape we know, or None for a shape we do not know.
+
+    Known: a str; a list of such values or text parts; a block ``{"type": "reasoning" |
+    "thinking", "reasoning" | "thinking" | "text": ...}`` (LangChain v1, Anthropic); an OpenAI
+    Responses reasoning item ``{"type": "reasoning", "summary": [{"type": "summary_text",
+    "text": ...}], "content": [{"type": "reasoning_text", "text": ...}]}``; encrypted reasoning
+    (``redacted_thinking``, ``encrypted_content`` alone), which carries no text. Objects are read
+    like mappings. Callers that judge send None to the stage's fail mode: unknown is unsafe."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        out = []
+        for v in value:
+            t = reasoning_text(v)
+            if t is None:
+                return None
+            out.append(t)
+        return "".join(out)
+    if not isinstance(value, Mapping) and not hasattr(value, "__dict__"):
+        return None  # a number, bytes, ...: not a shape reasoning comes in
+    get = value.get if isinstance(value, Mapping) else (lambda k: getattr(value, k, None))
+    kind = get("type")
+    if kind == "redacted_thinking":
+        return ""
+    if kind not in _TEXT_PART_TYPES:
+        return None
+    for name in ("reasoning", "thinking", "text"):  # one text field; the first one set wins
+        field_value = get(name)
+        if field_value is not None and field_value != "":
+            return reasoning_text(field_value)
+    out = []
+    for name in ("summary", "content") if kind is not None else ("summary",):
+        t = reasoning_text(get(name))
+        if t is None:
+            return None
+        out.append(t)
+    return "".join(out)

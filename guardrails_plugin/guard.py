@@ -29,7 +29,7 @@ from .types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
 from .windowing import clip_context, split_windows
 
 if TYPE_CHECKING:
-    from .monitor import ReasoningMonitor
+    from .stream.monitor import ReasoningMonitor, StreamChecks
 
 log = logging.getLogger("guardrails_plugin")
 
@@ -228,16 +228,24 @@ class Guard:
         return GuardRequest(stage=stage, metadata=meta, **fields, **extra)
 
     def reasoning_monitor(self, query: str = "", **kw: Any) -> ReasoningMonitor:
-        """A monitor fed with a streaming chain of thought (see monitor.py)."""
-        from .monitor import ReasoningMonitor
-
-        return ReasoningMonitor(self, query=query, **kw)
+        """A monitor fed with a streaming chain of thought (see stream/monitor.py)."""
+        return self.stream_monitor(kw.pop("stage", Stage.REASONING), query, **kw)
 
     def stream_monitor(self, stage: Stage | str, query: str = "", **kw: Any) -> ReasoningMonitor:
         """A monitor for any streamed stage (the answer: ``Stage.RESPONSE``, held back by default)."""
-        from .monitor import ReasoningMonitor
+        from .stream.monitor import ReasoningMonitor
 
-        return ReasoningMonitor(self, query=query, stage=stage, **kw)
+        return ReasoningMonitor(self.stream_checks(), query, stage=stage, **kw)
+
+    def stream_checks(self) -> StreamChecks:
+        """What monitors and turn guards need from this Guard, handed to them (the stream layer
+        never imports the facade): the check, config, policy, engine loop, session release and
+        the metrics sink for finished streams."""
+        from .metrics import observe_monitor
+        from .stream.monitor import StreamChecks
+
+        return StreamChecks(check=self.acheck, config=self.config, policy=self.policy, runtime=self._runtime,
+                            release_session=self.release_session, observe=lambda s: observe_monitor(s, guard=self))
 
     # -- internals ----------------------------------------------------------------------------
     async def _acheck(self, request: GuardRequest) -> Decision:

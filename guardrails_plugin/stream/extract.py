@@ -1,0 +1,198 @@
+"""Typed parts out of a model turn, whatever the wire format calls them.
+
+Reasoning arrives under several names: LangChain content blocks of type "reasoning" (v1) or
+"thinking" (Anthropic-style), ``additional_kwargs["reasoning_content"]`` (v0, DeepSeek / Qwen via
+OpenAI-compatible servers) or ``additional_kwargs["reasoning"]`` (OpenAI Responses summaries),
+OpenAI-style ``delta.reasoning_content`` and vLLM's newer ``delta.reasoning``. A guard that reads
+only one of them lets the others through unguarded, so every integration reads them here, and a
+reasoning shape we do not know becomes an UNKNOWN part that the turn guard sends to the fail mode.
+
+Tool-call arguments are model output as much as the answer is (an agent's e-mail body, a shell
+command): they come out as TOOL_CALL parts and are judged with the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..content import reasoning_text
+
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def approx_tokens(text: str) -> int:
+    """Tokens in ``text``, approximated by words and punctuation marks.
+
+    Monitors count positions in these units so offsets and lags mean the same thing whatever the
+    provider's chunking (one token per delta, or whole sentences)."""
+    return len(_WORD.findall(text))
+
+
+class PartKind(str, Enum):
+    REASONING = "reasoning"
+    ANSWER = "answer"
+    TOOL_CALL = "tool_call"
+    UNKNOWN = "unknown"  # reasoning we cannot read: judged by the stage's fail mode
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One typed piece of a model turn: its kind, its text (for UNKNOWN: what was not read) and
+    the choice it belongs to (``n>1`` streams carry several)."""
+
+    kind: PartKind
+    text: str
+    index: int = 0
+
+
+def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    d = getattr(obj, "__dict__", None)  # plain and pydantic objects: no AttributeError per miss
+    if d is not None and key in d:
+        return d[key]
+    extra = getattr(obj, "__pydantic_extra__", None) if d is not None else None
+    if extra:
+        return extra.get(key)
+    if d is not None and not hasattr(type(obj), key):
+        return None
+    return getattr(obj, key, None)
+
+
+def parts_of(obj: Any) -> list[Part]:
+    """The parts one chunk, delta, message or response carries, in the order a reader sees them
+    (reasoning, answer, tool calls). Accepts an OpenAI / LiteLLM chunk or response (one index per
+    choice), a bare delta or message (object or dict) and a LangChain message (v0 or v1)."""
+    if obj is None:
+        return []
+    choices = _get(obj, "choices")
+    if choices:
+        out: list[Part] = []
+        for pos, choice in enumerate(choices):
+            inner = _get(choice, "delta") or _get(choice, "message")
+            index = _get(choice, "index")
+            if inner is not None:
+                out += _message_parts(inner, index if isinstance(index, int) else pos)
+        return out
+    if isinstance(obj, str):
+        return [Part(PartKind.ANSWER, obj)] if obj else []
+    return _message_parts(obj, 0)
+
+
+def _message_parts(m: Any, index: int) -> list[Part]:
+    reasoning, answer = "", ""
+    unknown: list[str] = []
+    content = _get(m, "content")
+    if isinstance(content, list):
+        reasoning, answer = _from_blocks(content, unknown)
+    elif isinstance(content, str):
+        answer = content
+    if not reasoning and not unknown:
+        extra = _get(m, "additional_kwargs")
+        for source in (m, extra if isinstance(extra, Mapping) else None):
+            for key in _REASONING_KEYS if source is not None else ():
+                value = _get(source, key)
+                if value is None:
+                    continue
+                text = reasoning_text(value)
+                if text is None:
+                    unknown.append(f"{key} of type {type(value).__name__}")
+                elif text:
+                    reasoning = text
+                    break
+            if reasoning:
+                break
+    parts = [Part(PartKind.UNKNOWN, why, index) for why in unknown]
+    if reasoning:
+        parts.append(Part(PartKind.REASONING, reasoning, index))
+    if answer:
+        parts.append(Part(PartKind.ANSWER, answer, index))
+    tools = _tool_text(m)
+    if tools:
+        parts.append(Part(PartKind.TOOL_CALL, tools, index))
+    return parts
+
+
+def _from_blocks(blocks: list[Any], unknown: list[str]) -> tuple[str, str]:
+    reasoning: list[str] = []
+    content: list[str] = []
+    for b in blocks:
+        if isinstance(b, str):
+            content.append(b)
+            continue
+        kind = _get(b, "type")
+        if kind in ("reasoning", "thinking", "redacted_thinking"):
+            text = reasoning_text(b)
+            if text is None:
+                unknown.append(f"{kind} block with unreadable fields")
+            else:
+                reasoning.append(text)
+        elif kind in ("text", "output_text"):
+            text = _get(b, "text")
+            content.append(text if isinstance(text, str) else "")
+    return "".join(reasoning), "".join(content)
+
+
+def extract_deltas(chunk: Any) -> tuple[str, str]:
+    """``(reasoning, answer)`` text of one chunk / message (the first choice of an OpenAI chunk).
+    A reading view: reasoning of an unknown shape is left out here; ``parts_of`` reports it."""
+    parts = parts_of(chunk)
+    if not parts:
+        return "", ""
+    first = parts[0].index
+    r = "".join(p.text for p in parts if p.kind is PartKind.REASONING and p.index == first)
+    a = "".join(p.text for p in parts if p.kind is PartKind.ANSWER and p.index == first)
+    return r, a
+
+
+def tool_call_text(obj: Any) -> str:
+    """Tool calls carried by a message, chunk or delta, as text a guard can read: a complete call
+    reads ``\\n[tool call] name(arguments)``; a streamed call gives ``\\n[tool call] name(`` with the
+    fragment that carries the name and bare argument fragments after it, so the pieces
+    concatenate into the same text. Also reads a chunk's ``choices[0].delta`` / ``.message``."""
+    if obj is None:
+        return ""
+    choices = _get(obj, "choices")
+    if choices:
+        obj = _get(choices[0], "delta") or _get(choices[0], "message")
+    return _tool_text(obj) if obj is not None else ""
+
+
+def _tool_text(obj: Any) -> str:
+    # LangChain chunks carry raw argument fragments in tool_call_chunks (their parsed tool_calls
+    # stay empty until the JSON closes).
+    chunks = _get(obj, "tool_call_chunks")
+    if chunks:
+        return "".join(
+            (f"\n[tool call] {_get(c, 'name')}(" if _get(c, "name") else "") + _str(_get(c, "args"))
+            for c in chunks
+        )
+    calls = _get(obj, "tool_calls")
+    if not calls:
+        fc = _get(obj, "function_call")
+        if not fc:
+            return ""
+        calls = [{"function": fc}]
+    out: list[str] = []
+    for call in calls:
+        fn = _get(call, "function")
+        if fn is None and _get(call, "name"):  # LangChain ToolCall: {"name", "args": {...}}
+            args = json.dumps(_get(call, "args"), ensure_ascii=False, default=str)
+            out.append(f"\n[tool call] {_get(call, 'name')}({args})")
+        elif fn is not None:
+            name = _str(_get(fn, "name"))
+            args = _str(_get(fn, "arguments"))
+            out.append(f"\n[tool call] {name}({args}" if name else args)
+    return "".join(out)
+
+
+def _str(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)

@@ -1,0 +1,200 @@
+"""Track: one stage's streamed text under incremental checks. Sans-IO: it says which check is due
+and is told each check's outcome; running checks is the caller's job (monitor.py, drive.py).
+
+A check falls due every ``every`` tokens and at paragraph ends. When one falls due while another
+is in flight, the two coalesce into one check of the newest prefix (a guard can never keep up
+with a decoder token by token, so checking stale prefixes only adds lag). ``close()`` asks for
+the end-of-text check unless a completed check already covers everything.
+
+Hold-back decides what may be released: with it, only text an ALLOWing check has covered; without
+it, everything (a blocking check then stops the stream, and the tokens released past the blocking
+prefix are the detection lag this track reports). BLOCK and REDACT both stop a track: a redaction
+of a streamed prefix cannot be applied to text already sent.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+import uuid
+
+from pydantic import BaseModel
+
+from ..types import Action, Decision, Stage
+from .extract import approx_tokens
+
+
+class MonitorStats(BaseModel):
+    """What a monitored text did; the basis of the monitor benchmark and metrics."""
+
+    stage: Stage
+    checks_run: int = 0
+    checks_coalesced: int = 0
+    guard_time_ms: float = 0.0
+    tokens_fed: int = 0
+    tokens_released: int = 0
+    tokens_checked: int = 0
+    aborted: bool = False
+    abort_offset: int | None = None
+    detection_lag_tokens: int | None = None
+    feed_time_us_total: float = 0.0
+
+
+class Check:
+    """A check the owner must run: the track's first ``chars`` characters (``tokens`` tokens)."""
+
+    __slots__ = ("track", "chars", "tokens", "final", "started")
+
+    def __init__(self, track: Track, final: bool):
+        self.track = track
+        self.chars = track.chars
+        self.tokens = track.tokens
+        self.final = final
+        self.started = time.perf_counter()
+
+    @property
+    def text(self) -> str:
+        return self.track.text[: self.chars]
+
+    def __repr__(self) -> str:
+        return f"Check({self.track.stage}, tokens={self.tokens}, final={self.final})"
+
+
+class Track:
+    """See the module docstring. Not thread-safe: the owner serialises calls."""
+
+    def __init__(
+        self, stage: Stage, *, every: int, hold_back: bool, paragraphs: bool = True, session_id: str | None = None
+    ):
+        self.stage = stage
+        self.every = every
+        self.hold_back = hold_back
+        self.paragraphs = paragraphs
+        #: one id for all checks of this text: the engine may keep the KV cache of the checked
+        #: prefix between checks; the owner releases it when the track is done
+        self.session_id = session_id or uuid.uuid4().hex
+        self._parts: list[str] = []
+        self.chars = 0
+        self.tokens = 0
+        # (chars, tokens) after each delta, as two parallel ascending lists (bisect by chars)
+        self._delta_chars = [0]
+        self._delta_tokens = [0]
+        self._last = ""  # last character fed
+        self._last_check_tokens = 0
+        self.inflight: Check | None = None
+        self._pending = False  # a check fell due while one was in flight
+        self.covered = 0  # prefix length (chars) the latest ALLOWing check covered
+        self.released = 0  # prefix length (chars) let downstream
+        self.closed = False
+        self.decision: Decision | None = None  # the stopping decision (BLOCK or REDACT)
+        self.last_decision: Decision | None = None
+        self.abort_offset: int | None = None
+        self.detection_lag: int | None = None
+        self.checks_run = 0
+        self.checks_coalesced = 0
+        self.guard_time_ms = 0.0
+        self.tokens_checked = 0
+        self.feed_time_us = 0.0  # maintained by owners that time their feeds
+
+    @property
+    def text(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
+
+    @property
+    def settled(self) -> bool:
+        """Closed, and no check in flight or owed: its final word is in."""
+        return self.closed and self.inflight is None
+
+    def add(self, delta: str) -> Check | None:
+        """Append ``delta``; return the check to start now, if one is due and none is in flight."""
+        self._parts.append(delta)
+        self.chars += len(delta)
+        self.tokens += approx_tokens(delta)
+        self._delta_chars.append(self.chars)
+        self._delta_tokens.append(self.tokens)
+        prev, self._last = self._last, delta[-1]
+        if self.tokens - self._last_check_tokens >= self.every:
+            return self._due()
+        if self.paragraphs and self.tokens > self._last_check_tokens and (
+            # a paragraph end may arrive whole or split over two deltas ("\n" then "\n")
+            "\n\n" in delta or (prev == "\n" and delta[0] == "\n")
+        ):
+            return self._due()
+        return None
+
+    def _due(self) -> Check | None:
+        self._last_check_tokens = self.tokens
+        if self.inflight is not None:
+            if self._pending:
+                self.checks_coalesced += 1
+            self._pending = True
+            return None
+        return self._start(final=False)
+
+    def _start(self, final: bool) -> Check:
+        check = self.inflight = Check(self, final)
+        self.checks_run += 1
+        return check
+
+    def done(self, check: Check, decision: Decision) -> Check | None:
+        """Apply a completed check; return the follow-up check to start, if one is owed."""
+        self.guard_time_ms += (time.perf_counter() - check.started) * 1e3
+        self.tokens_checked = max(self.tokens_checked, check.tokens)
+        if self.inflight is check:
+            self.inflight = None
+        self.last_decision = decision
+        if self.decision is None:
+            if decision.blocked or decision.action is Action.REDACT:
+                self._abort(decision, check)
+            else:
+                self.covered = max(self.covered, check.chars)
+        if self.decision is not None or self.inflight is not None:
+            return None
+        if self.closed:
+            return None if self.covered >= self.chars else self._start(final=True)
+        if self._pending:
+            self._pending = False
+            return self._start(final=False)
+        return None
+
+    def close(self) -> Check | None:
+        """No more text: return the end-of-text check if one is owed now (after the check in
+        flight, if any, ``done`` returns it instead)."""
+        self.closed = True
+        self._pending = False
+        if self.decision is not None or self.inflight is not None:
+            return None
+        if self.last_decision is not None and self.covered >= self.chars:
+            return None
+        return self._start(final=True)
+
+    def release(self, chars: int) -> None:
+        self.released = max(self.released, chars)
+
+    def _abort(self, decision: Decision, check: Check) -> None:
+        self.decision = decision
+        self.abort_offset = check.tokens
+        self.detection_lag = max(0, self.tokens_at(self.released) - check.tokens)
+
+    def tokens_at(self, chars: int) -> int:
+        """Tokens in the longest delta-boundary prefix within ``chars`` characters."""
+        i = bisect.bisect_right(self._delta_chars, chars) - 1
+        return self._delta_tokens[i] if i >= 0 else 0
+
+    def stats(self) -> MonitorStats:
+        return MonitorStats(
+            stage=self.stage, checks_run=self.checks_run, checks_coalesced=self.checks_coalesced,
+            guard_time_ms=self.guard_time_ms, tokens_fed=self.tokens, tokens_released=self.tokens_at(self.released),
+            tokens_checked=self.tokens_checked, aborted=self.decision is not None, abort_offset=self.abort_offset,
+            detection_lag_tokens=self.detection_lag, feed_time_us_total=self.feed_time_us,
+        )
+
+    @property
+    def outcome(self) -> Decision | None:
+        """The stopping decision, else the latest one (the end-of-text verdict once settled)."""
+        return self.decision or self.last_decision
+
+    def __repr__(self) -> str:
+        return f"Track({self.stage}, tokens={self.tokens}, checks={self.checks_run}, stopped={self.decision is not None})"
