@@ -56,6 +56,8 @@ class GuardModel(ABC):
     default_max_new_tokens: ClassVar[int] = 1024
     #: stages this family can judge
     stages: ClassVar[frozenset[Stage]] = frozenset(Stage)
+    #: what canned_output writes where a format has room for words: never mistaken for a guard
+    canned_note: ClassVar[str] = "scripted try-out answer (ScriptedEngine.from_rules), not a guard judgement"
 
     def __init__(
         self,
@@ -98,6 +100,15 @@ class GuardModel(ABC):
         from .. import scoring
 
         return getattr(scoring, f"{self.family}_spec")(self, request)
+
+    def canned_output(
+        self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
+    ) -> str:
+        """A completion in this family's output format that ``parse`` reads back as this verdict,
+        as far as the format can say it (ReasoningShield: 0 / 0.5 / 1; GuardReasoner: harmful or
+        not). For ScriptedEngine.from_rules, a try-out double that is NOT a guard. A family that
+        does not write one raises NotImplementedError (its prompts then fail in the try-out)."""
+        raise NotImplementedError(f"guard family {self.family!r} has no canned_output")
 
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         """The verdict for output that does not follow the protocol."""

@@ -177,6 +177,13 @@ class FlexGuard(GuardModel):
             max_new_tokens=self.max_new_tokens,
         )
 
+    def canned_output(
+        self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
+    ) -> str:
+        # A harmful answer must name a category in this format: VIO when none is given.
+        cats = [c for c in categories if c in CATEGORIES] or (["VIO"] if harmful else [SAFE])
+        return f"<think>\n{self.canned_note}\n</think>\n{', '.join(cats)}\n{round(100 * risk)}"
+
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         close = text.rfind("</think>")
         opened = text.rfind("<think>")

@@ -84,6 +84,14 @@ class GuardReasoner(GuardModel):
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         return GenerationRequest(prompt=self.build_prompt(request), max_new_tokens=self.max_new_tokens)
 
+    def canned_output(
+        self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
+    ) -> str:
+        # The stage's own field carries the answer; a prompt check has no response to judge.
+        label = "harmful" if harmful else "unharmful"
+        fields = ((label, "None", "None") if stage is Stage.PROMPT else ("unharmful", "compliance", label))
+        return f"{self.canned_note}.\nAnswers: \nRequest: {fields[0]}\nCompletion: {fields[1]}\nResponse: {fields[2]}\n"
+
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         block = final_answers(text)
         if block is None:

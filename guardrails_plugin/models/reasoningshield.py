@@ -91,6 +91,12 @@ class ReasoningShield(GuardModel):
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         return super().unparseable(text, stage or Stage.REASONING, why)
 
+    def canned_output(
+        self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
+    ) -> str:
+        level = "1" if risk >= 0.75 else "0.5" if risk >= 0.25 else "0"
+        return f'"Analysis": {self.canned_note}.\n"Judgment": {level}'
+
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         matches = list(_JUDGMENT.finditer(text))
         if not matches:
