@@ -471,8 +471,13 @@ def demo(
         return guard, cfg
 
     _quiet_hf_progress()
-    if tiny and not json_out:
-        _err_console(soft_wrap=False).print(Panel(TINY_WARNING, border_style="yellow", title="warning"))
+    if tiny:
+        # every tiny verdict is unparseable by design: the table says so, one log line each is noise
+        import logging
+
+        logging.getLogger("guardrails_plugin").setLevel(logging.ERROR)
+        if not json_out:
+            _err_console(soft_wrap=False).print(Panel(TINY_WARNING, border_style="yellow", title="warning"))
     guard, cfg = _handle(setup)
     rows: list[tuple[Stage, dict[str, str], Decision, float]] = []
     try:
@@ -513,9 +518,9 @@ def demo(
         fixed_cells[2] = Text(fixed[2], style=_ACTION_STYLE[d.action])
         table.add_row(*fixed_cells, body)
     out.print(table)
-    if tiny:
-        out.print(Text(TINY_WARNING, style="yellow"))
-    elif scripted_responses:
+    # tiny: the warning panel went to stderr before the run and the table title repeats the gist;
+    # printing it again here showed it twice on a terminal
+    if scripted_responses and not tiny:
         out.print(Text("SCRIPTED ENGINE: canned completions, no model judged these texts.", style="yellow"))
 
 

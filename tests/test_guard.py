@@ -230,3 +230,107 @@ async def test_cancelling_the_caller_still_cancels_the_check() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# -- failures explain themselves (issue 16) ------------------------------------------------------
+
+
+def test_fail_mode_decision_logs_the_engine_error_once_and_hides_urls(caplog: pytest.LogCaptureFixture) -> None:
+    """The log line has the request id, the guard, the engine and its URL; the decision the caller
+    (and a LiteLLM client) sees has risk 1.0 and no internal URL."""
+    import logging
+
+    from tests.fake_openai_server import dead_url
+
+    url = dead_url()
+    cfg = GuardConfig(models={"GuardReasoner-1B": {"engine": "openai", "base_url": url, "timeout_s": 5}})
+    with Guard(cfg) as guard, caplog.at_level(logging.WARNING, logger="guardrails_plugin"):
+        d = guard.check_prompt("hello", request_id="req-42")
+    assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR and d.risk == 1.0
+    host = url.split("://", 1)[1]
+    assert host not in (d.detail or "") and all(host not in (v.parse_error or "") for v in d.verdicts)
+    assert "<http-url>" in (d.detail or "")
+    lines = [r.getMessage() for r in caplog.records if "req-42" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "fail-closed" in lines[0] and "guard=GuardReasoner-1B" in lines[0] and f"engine=openai {url}" in lines[0]
+    assert host in lines[0].split("engine_error:", 1)[1]  # the engine's own words, URL kept
+
+
+def test_fail_open_decision_is_logged_too(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    engine = ScriptedEngine(["no verdict here"])
+    guard = Guard(GuardConfig(fail_mode="open"), engine=engine)
+    with caplog.at_level(logging.WARNING, logger="guardrails_plugin"):
+        d = guard.check_prompt("hello")
+    assert d.action is Action.ALLOW and d.degraded and d.failure is FailureKind.UNPARSEABLE
+    (line,) = [r.getMessage() for r in caplog.records if d.request_id in r.getMessage()]
+    assert "fail-open" in line and "unparseable" in line and "no verdict here" in line
+
+
+def test_cli_json_of_a_fail_closed_block_says_risk_1(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from guardrails_plugin.cli import app
+    from tests.fake_openai_server import dead_url
+
+    url = dead_url()
+    r = CliRunner().invoke(app, ["check", "-s", "prompt", "-p", "hello", "--base-url", url, "--json"],
+                           catch_exceptions=False)
+    assert r.exit_code == 1, r.output
+    d = json.loads(r.stdout[r.stdout.index("{"):])
+    assert d["action"] == "block" and d["failure"] == "engine_error" and d["risk"] == 1.0
+    assert url.split("://", 1)[1] not in json.dumps(d)
+
+
+def test_checks_never_download_and_warmup_is_the_one_place_that_may(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub id missing from the cache: a check fails closed at once without asking the hub; warmup()
+    asks it and raises one GuardConfigError naming the model and the fix. The hub here is a
+    loopback server that counts requests and answers 404 (no such repo)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import huggingface_hub.constants as hc
+
+    seen: list[str] = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hc, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        guard = Guard()
+        d = guard.check_prompt("hello")
+        assert d.action is Action.BLOCK and d.reason == "guard_unavailable" and not seen
+        assert "checks never download" in (d.detail or "") and "warmup" in (d.detail or "")
+        with pytest.raises(GuardConfigError) as err:
+            guard.warmup(["GuardReasoner-1B"])
+        assert seen  # warmup did ask the hub
+        msg = str(err.value)
+        assert "GuardReasoner-1B" in msg and "hf download yueliu1999/GuardReasoner-1B" in msg
+        assert "Traceback" not in msg and len(msg.splitlines()) == 1
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        n = len(seen)
+        with pytest.raises(GuardConfigError, match="HF_HUB_OFFLINE is set"):
+            guard.warmup(["GuardReasoner-1B"])
+        assert len(seen) == n
+    finally:
+        server.shutdown()
