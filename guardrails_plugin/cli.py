@@ -189,8 +189,13 @@ def build_config(
     model_dir: Path | None = None,
     engine: EngineChoice | None = None,
     base_url: str | None = None,
+    served_model_name: str | None = None,
 ) -> GuardConfig:
-    """The GuardConfig the CLI options describe (YAML file, then --model, --model-dir, --engine)."""
+    """The GuardConfig the CLI options describe (YAML file, then --model, --model-dir, --engine).
+
+    A guard on ``engine: openai`` sends ``--served-model-name``, else its configured
+    ``served_model_name``, else the serving layout's name (serving.py: the guard's own name, e.g.
+    ``GuardReasoner-1B``, as ``integrations/vllm/serve_guards.sh`` serves it)."""
     from pydantic import ValidationError
 
     from .models import get_model_class
@@ -233,7 +238,20 @@ def build_config(
                 msg = "; ".join(e["msg"] for e in exc.errors())
                 raise GuardConfigError(f"guard {n}: {msg} (use --base-url with --engine openai)") from None
         cfg = cfg.model_copy(update={"models": models})
-    return cfg
+    return _with_served_names(cfg, names, served_model_name)
+
+
+def _with_served_names(cfg: GuardConfig, names: list[str], served_model_name: str | None) -> GuardConfig:
+    from .serving import default_served_name
+
+    served = [n for n in names if cfg.models[n].engine == "openai"]
+    if served_model_name and not served:
+        raise GuardConfigError("--served-model-name needs a guard on a server (--engine openai --base-url URL)")
+    models = dict(cfg.models)
+    for n in served:
+        name = served_model_name or models[n].served_model_name or default_served_name(n)
+        models[n] = models[n].model_copy(update={"served_model_name": name})
+    return cfg.model_copy(update={"models": models})
 
 
 def build_guard(cfg: GuardConfig, scripted: Path | None = None) -> Any:
@@ -256,6 +274,22 @@ def preflight(guard: Any, names: list[str]) -> None:
                 f"guard {n} needs an optional dependency ({exc}); "
                 "install `pip install 'guardrails-plugin[transformers]'`"
             ) from None
+
+
+def diagnose_servers(guard: Any, names: list[str]) -> None:
+    """After a failed check: raise GuardConfigError (exit 2) when a guard's server does not serve
+    the model name sent (HTTP 404), rather than reporting a fail-mode BLOCK. A server that does not
+    answer stays a fail-mode decision."""
+    for n in names:
+        probe = getattr(guard.engine(n), "check_ready", None)
+        if probe is None:
+            continue
+        try:
+            asyncio.run(probe())
+        except GuardConfigError:
+            raise
+        except GuardError:
+            pass
 
 
 def _read_arg(value: str | None) -> str | None:
@@ -352,6 +386,9 @@ def check(
     model_dir: Path | None = ModelDirOpt,
     engine: EngineChoice | None = EngineOpt,
     base_url: str | None = BaseUrlOpt,
+    served_model_name: str | None = typer.Option(
+        None, "--served-model-name", help="Model name the server serves (vLLM --served-model-name). Default: "
+        "the guard's name (GuardReasoner-1B, ReasoningShield-1B), as integrations/vllm/serve_guards.sh serves it."),
     scripted_responses: Path | None = ScriptedOpt,
 ) -> None:
     """Check one text and print the Decision. Exit 0 allowed, 1 blocked, 2 usage/config error."""
@@ -365,13 +402,16 @@ def check(
 
     def run() -> Decision:
         cfg = build_config(config, stages=[stage], model=model, model_dir=model_dir, engine=engine,
-                           base_url=base_url)
+                           base_url=base_url, served_model_name=served_model_name)
         guard = build_guard(cfg, scripted_responses)
         try:
             preflight(guard, cfg.stage(stage).guards)
             req = guard.request(stage, prompt=prompt_t, reasoning=reasoning_t if stage is Stage.REASONING
                                 else None, response=response_t if stage is Stage.RESPONSE else None)
-            return guard.check(req)
+            decision = guard.check(req)
+            if decision.failure is not None:
+                diagnose_servers(guard, cfg.stage(stage).guards)  # unknown model: exit 2, not a BLOCK
+            return decision
         finally:
             guard.close()
 

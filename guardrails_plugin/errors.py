@@ -49,5 +49,15 @@ class GuardConfigError(GuardError, ValueError):
     """The configuration is invalid or names something that cannot be loaded."""
 
 
+class GuardServerConfigError(GuardConfigError, GuardEngineError):
+    """A guard server rejects the engine's configuration: it does not serve the model name sent
+    (HTTP 404, e.g. ``served_model_name`` missing or wrong) or has no such endpoint. A configuration
+    error (the CLI exits 2, ``Guard.warmup()`` raises it) that is also an engine failure, so a check
+    that meets it ends in the stage's fail mode like any other engine error."""
+
+    def __init__(self, message: str):
+        GuardEngineError.__init__(self, message, kind="config", retryable=False)
+
+
 class GuardInputError(GuardError, TypeError):
     """The content handed to a check is of a type the guard cannot judge."""

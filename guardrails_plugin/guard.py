@@ -139,14 +139,19 @@ class Guard:
     def warmup(self, names: list[str] | None = None) -> Guard:
         """Resolve and load the guard models of every enabled stage (or just ``names``) now, at
         start-up: a hub id missing from the cache is downloaded here (never on a check's path,
-        and not at all under HF_HUB_OFFLINE=1). A model that cannot be had raises one
-        GuardConfigError naming each such model, what was tried and how to fix it."""
+        and not at all under HF_HUB_OFFLINE=1); a server (``engine: openai``) is asked whether it
+        serves the model (``OpenAIEngine.check_ready``; a server that does not answer raises
+        GuardEngineError). A model that cannot be had raises one GuardConfigError naming each such
+        model, what was tried and how to fix it."""
         if names is None:
             names = [n for sc in self.config.stages.values() if sc.enabled for n in sc.guards]
         problems: list[str] = []
         for name in dict.fromkeys(names):
             try:
-                self.engine(name, download=True)
+                engine = self.engine(name, download=True)
+                probe = getattr(engine, "check_ready", None)  # a server engine: does it serve the model?
+                if probe is not None:
+                    self._runtime.run(probe())
             except GuardConfigError as exc:
                 problems.append(str(exc))
             except ImportError as exc:

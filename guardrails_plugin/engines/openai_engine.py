@@ -28,94 +28,79 @@ Robustness
   when it passes, ``GuardTimeoutError``.
 * Retries with exponential backoff only where a retry can help: connection errors (refused, reset,
   dropped mid-response) and HTTP 429/503 (``Retry-After`` honoured when small). Any other HTTP
-  error, or a reply without a usable completion, raises ``GuardEngineError`` at once.
-* Several base URLs: requests go round-robin; a URL that refuses a connection is skipped for a short
-  cool-down and the request fails over to the next one immediately.
+  error, or a reply without a usable completion, raises ``GuardEngineError`` at once; a 404 (the
+  server does not serve ``model``, or no such endpoint) raises ``GuardServerConfigError``, a
+  configuration error. ``check_ready()`` finds that before the first check (``Guard.warmup()``).
 * A batch is sent as concurrent requests; if any fails, the others are cancelled and the whole call
   raises (never a partial batch).
+
+Scale-out: vllm-router, and a small failover list
+-------------------------------------------------
+* The supported way to run many replicas is ``vllm-router --policy consistent_hash`` in front of
+  them, with ``base_url`` pointing at the router (docs/scaling.md, integrations/vllm/).
+* Sticky streams: every check of one monitor carries the monitor's session key in the
+  ``session_header`` (default ``x-session-id``, which vllm-router's consistent_hash reads; or
+  ``session_params.session_id`` in the body with ``session_field=True``), so a stream's checks land
+  on the replica that holds its prefix in vLLM's prefix cache while different streams spread.
+* Retries do not multiply the router's: the router retries failed replicas itself and answers 500
+  when it gives up, which is not retried here; its 503 (no replica available) and 429 (queue full)
+  are answered without touching a replica. Everything stays inside the one per-call deadline.
+* Several base URLs are a plain failover list for small setups without a router: a request with a
+  session key prefers the same server every time (rendezvous hashing, sticky like the router),
+  others go round-robin; a server that refuses a connection is skipped for a short cool-down and
+  the request fails over to the next one at once. No health checks, no load awareness: past two
+  or three servers, use the router.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import email.utils
 import itertools
-import json
+import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
-from .base import GenerationRequest, defuse_special_tokens, render_plain
+from .base import GenerationRequest, render_plain
 from .logprobs import Distribution, ScoreRequest, ScoreResult
+from .openai_wire import (
+    RETRY_AFTER_CAP_S,
+    RETRY_STATUSES,
+    RetryableFailure,
+    build_body,
+    excerpt,
+    http_error,
+    normalise_base_url,
+    parse_completion,
+    parse_logprobs,
+    rendezvous_order,
+    retry_after_s,
+    routing_key,
+    served_names,
+)
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
-#: Retry-After values above this are ignored (normal backoff applies): a guard's deadline is
-#: seconds, so waiting a minute for an overloaded server is never useful.
-_RETRY_AFTER_CAP_S = 5.0
-#: How long a base URL that refused a connection is skipped by round-robin.
+#: How long a base URL that refused a connection is skipped.
 _DOWN_COOLDOWN_S = 2.0
-#: HTTP statuses worth retrying: rate limited / temporarily unavailable.
-_RETRY_STATUSES = frozenset({429, 503})
-_BODY_EXCERPT = 200
-
-
-def _normalise_base_url(url: str) -> str:
-    """``http://h:8000``, ``http://h:8000/`` and ``http://h:8000/v1/`` all mean the same server."""
-    url = url.strip().rstrip("/")
-    if not url:
-        raise GuardConfigError("OpenAIEngine: empty base_url")
-    if not url.startswith(("http://", "https://")):
-        raise GuardConfigError(f"OpenAIEngine: base_url must start with http:// or https://: {url!r}")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    return url
-
-
-def _retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _BODY_EXCERPT else text[:_BODY_EXCERPT] + "..."
-
-
-class _RetryableFailure(Exception):
-    """Internal: one attempt failed in a way a retry may fix."""
-
-    def __init__(self, message: str, *, delay_hint: float | None = None, connection: bool = False):
-        super().__init__(message)
-        self.delay_hint = delay_hint
-        self.connection = connection
 
 
 class OpenAIEngine:
-    """Guard completions from OpenAI-compatible HTTP servers (vLLM, SGLang, transformers serve).
+    """Guard completions from OpenAI-compatible HTTP servers (vLLM, SGLang, transformers serve),
+    directly or through ``vllm-router``.
 
     ``model`` is the name the server knows the model by (vLLM's ``--served-model-name``; for
-    ``transformers serve`` the path or hub id it was started with).
+    ``transformers serve`` the path or hub id it was started with). ``session_header``: the header
+    that carries a stream's session key (None or "" sends none); ``session_field``: also send it as
+    ``session_params.session_id`` in the body, for routers that read only the body.
     """
 
     def __init__(
@@ -130,6 +115,8 @@ class OpenAIEngine:
         max_connections: int = 64,
         name: str | None = None,
         defuse_special_tokens: bool = True,
+        session_header: str | None = "x-session-id",
+        session_field: bool = False,
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
@@ -140,7 +127,7 @@ class OpenAIEngine:
             raise GuardConfigError("OpenAIEngine: timeout_s must be > 0")
         if max_retries < 0 or backoff_s < 0 or max_connections < 1:
             raise GuardConfigError("OpenAIEngine: max_retries/backoff_s >= 0, max_connections >= 1")
-        self.base_urls: list[str] = [_normalise_base_url(u) for u in urls]
+        self.base_urls: list[str] = [normalise_base_url(u) for u in urls]
         self.model = model
         self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.timeout_s = float(timeout_s)
@@ -151,6 +138,8 @@ class OpenAIEngine:
         #: the server tokenises what we send, special-token strings included: break look-alikes
         #: in prompts and message contents (never in the trusted assistant prefix)
         self.defuse_special_tokens = bool(defuse_special_tokens)
+        self.session_header = (session_header or "").strip() or None
+        self.session_field = bool(session_field)
         #: counters: requests (completions asked for), retries (re-sends after a retryable
         #: failure), failovers (moves to another base URL), failures (requests that raised)
         self.stats: dict[str, int] = {"requests": 0, "retries": 0, "failovers": 0, "failures": 0}
@@ -175,6 +164,55 @@ class OpenAIEngine:
         self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
     ) -> list[str]:
         return await self._all_or_nothing(self._one, list(requests), timeout, "completion")
+
+    async def check_ready(self, *, timeout: float | None = None) -> dict[str, list[str]]:
+        """Probe every base URL before the first check (``Guard.warmup()`` calls this).
+
+        ``GET /v1/models``; when ``model`` is not listed (servers that load models on demand, such
+        as ``transformers serve``, list only some), a one-token completion confirms. Raises
+        ``GuardServerConfigError`` when a server does not serve ``model`` (HTTP 404), and
+        ``GuardEngineError`` when no server answers. Returns ``{base_url: names it lists}``."""
+        budget = self.timeout_s if timeout is None else float(timeout)
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(budget), headers=headers) as client:
+            results = await asyncio.gather(
+                *(self._probe(client, base) for base in self.base_urls), return_exceptions=True
+            )
+        listed: dict[str, list[str]] = {}
+        down: list[str] = []
+        for base, res in zip(self.base_urls, results, strict=True):
+            if isinstance(res, GuardConfigError):
+                raise res
+            if isinstance(res, BaseException):
+                down.append(f"{base}: {res}")
+            else:
+                listed[base] = res
+        if not listed:
+            raise GuardEngineError(f"{self.name}: no server answers: " + "; ".join(down), retryable=True)
+        for reason in down:
+            log.warning("%s: a failover server does not answer (%s)", self.name, reason)
+        return listed
+
+    async def _probe(self, client: httpx.AsyncClient, base: str) -> list[str]:
+        try:
+            resp = await client.get(base + "/v1/models")
+            names = served_names(resp) if resp.status_code == 200 else None
+            if names is not None and self.model in names:
+                return names
+            body = {"model": self.model, "prompt": "ok", "max_tokens": 1, "temperature": 0}
+            reply = await client.post(base + "/v1/completions", json=body)
+        except httpx.HTTPError as exc:
+            raise GuardEngineError(f"{type(exc).__name__}: {exc}", retryable=True) from None
+        if reply.status_code == 404:
+            err = http_error(self.name, reply, base + "/v1/completions", body)
+            if names:
+                err.args = (f"{err.args[0]}. It serves: {', '.join(names)}",)
+            raise err
+        if reply.status_code in (401, 403):
+            raise GuardEngineError(f"{self.name}: {base} rejects the API key (HTTP {reply.status_code}): "
+                                   f"set api_key or OPENAI_API_KEY")
+        # Any other answer names no unknown model: the server knows it (or loads it on demand).
+        return names or []
 
     async def _all_or_nothing(
         self,
@@ -265,37 +303,21 @@ class OpenAIEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _body(self, request: GenerationRequest) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": int(request.max_new_tokens),
-            "temperature": 0,
-            "stream": False,
-        }
-        if request.stop:
-            body["stop"] = list(request.stop)
-        defuse = defuse_special_tokens if self.defuse_special_tokens else (lambda t: t)
-        if not request.is_chat:
-            body["prompt"] = defuse(request.prompt or "") + request.assistant_prefix
-            return "/v1/completions", body
-        messages = [{**m, "content": defuse(m["content"])} if isinstance(m.get("content"), str) else dict(m)
-                    for m in request.messages or ()]
-        if request.assistant_prefix:
-            # vLLM prefill: leave the final assistant turn open and continue it.
-            messages.append({"role": "assistant", "content": request.assistant_prefix})
-            body["add_generation_prompt"] = False
-            body["continue_final_message"] = True
-        body["messages"] = messages
-        if request.chat_template_kwargs:
-            body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
-        return "/v1/chat/completions", body
+        return build_body(request, self.model, defuse=self.defuse_special_tokens)
 
-    def _pick_base(self, tried: set[str]) -> str:
-        """Next base URL in round-robin order, preferring ones not recently refused and not yet
-        tried for this request."""
+    def _pick_base(self, tried: set[str], key: str | None) -> str:
+        """The server for the next attempt: for a stream (``key``) the one it sticks to, else the
+        next in round-robin order; servers that recently refused a connection and those already
+        tried for this request come last."""
+        urls = self.base_urls
+        if len(urls) == 1:
+            return urls[0]
+        if key is not None:
+            order = rendezvous_order(key, urls)
+        else:
+            start = next(self._rr) % len(urls)
+            order = urls[start:] + urls[:start]
         now = time.monotonic()
-        n = len(self.base_urls)
-        start = next(self._rr)
-        order = [self.base_urls[(start + i) % n] for i in range(n)]
         for url in order:
             if url not in tried and self._down_until.get(url, 0.0) <= now:
                 return url
@@ -317,17 +339,25 @@ class OpenAIEngine:
         reply parser than a completion's (fast scoring asks for logprobs)."""
         loop = asyncio.get_running_loop()
         path, body = call if call is not None else self._body(request)
+        key = routing_key(request)
+        headers: dict[str, str] = {}
+        if key is not None:
+            if self.session_header:
+                headers[self.session_header] = key
+            if self.session_field:
+                body = {**body, "session_params": {"session_id": key}}
         attempt = 0
         tried: set[str] = set()  # base URLs tried since the last backoff
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise GuardTimeoutError(f"{self.name}: deadline passed before a completion")
-            base = self._pick_base(tried)
+            base = self._pick_base(tried, key)
             tried.add(base)
             try:
-                return await self._attempt(client, base + path, body, remaining, request.is_chat, parse=parse)
-            except _RetryableFailure as failure:
+                return await self._attempt(client, base + path, body, headers, remaining, request.is_chat,
+                                           parse=parse)
+            except RetryableFailure as failure:
                 if failure.connection:
                     self._down_until[base] = time.monotonic() + _DOWN_COOLDOWN_S
                     if len(tried) < len(self.base_urls):
@@ -341,7 +371,7 @@ class OpenAIEngine:
                     ) from None
                 delay = self.backoff_s * (2**attempt)
                 hint = failure.delay_hint
-                if hint is not None and hint <= _RETRY_AFTER_CAP_S:
+                if hint is not None and hint <= RETRY_AFTER_CAP_S:
                     delay = max(delay, hint)
                 remaining = deadline - loop.time()
                 if delay >= remaining:
@@ -359,73 +389,32 @@ class OpenAIEngine:
         client: httpx.AsyncClient,
         url: str,
         body: dict[str, Any],
+        headers: dict[str, str],
         remaining: float,
         chat: bool,
         parse: Any = None,
     ) -> Any:
         try:
-            resp = await client.post(url, json=body, timeout=httpx.Timeout(remaining))
+            resp = await client.post(url, json=body, headers=headers, timeout=httpx.Timeout(remaining))
         except httpx.TimeoutException:
             # The attempt's timeout is the time left until the deadline.
             raise GuardTimeoutError(f"{self.name}: no reply from {url} before the deadline") from None
         except httpx.TransportError as exc:
             # Refused, reset, dropped mid-response: the request is idempotent, a retry is safe.
-            raise _RetryableFailure(
+            raise RetryableFailure(
                 f"connection error on {url}: {type(exc).__name__}: {exc}", connection=True
             ) from None
         status = resp.status_code
-        if status in _RETRY_STATUSES:
-            raise _RetryableFailure(
-                f"HTTP {status} from {url}: {_excerpt(resp.text)}",
-                delay_hint=_retry_after_s(resp.headers.get("retry-after")),
+        if status in RETRY_STATUSES:
+            raise RetryableFailure(
+                f"HTTP {status} from {url}: {excerpt(resp.text)}",
+                delay_hint=retry_after_s(resp.headers.get("retry-after")),
             )
         if status >= 400:
-            hint = ""
-            if (
-                status in (400, 422)
-                and body.get("continue_final_message")
-                and ("continue_final_message" in resp.text)
-            ):
-                # e.g. `transformers serve` rejects vLLM's prefill fields with 422.
-                hint = " (this server does not support assistant prefill / continue_final_message; use vLLM)"
-            err = GuardEngineError(
-                f"{self.name}: HTTP {status} from {url}: {_excerpt(resp.text)}{hint}",
-                retryable=status >= 500,
-            )
-            err.status_code = status  # type: ignore[attr-defined]
-            raise err
-        return self._parse(resp, url, chat) if parse is None else parse(resp, url)
-
-    def _parse(self, resp: httpx.Response, url: str, chat: bool) -> str:
-        try:
-            data = resp.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-            raise GuardEngineError(f"{self.name}: malformed JSON from {url}: {_excerpt(resp.text)}") from None
-        choices = data.get("choices") if isinstance(data, Mapping) else None
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-            raise GuardEngineError(f"{self.name}: reply from {url} has no choices: {_excerpt(resp.text)}")
-        choice = choices[0]
-        if not chat:
-            text = choice.get("text")
-            if not isinstance(text, str):
-                raise GuardEngineError(f"{self.name}: completion from {url} has no text")
-            return text
-        message = choice.get("message")
-        if not isinstance(message, Mapping):
-            raise GuardEngineError(f"{self.name}: chat reply from {url} has no message")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise GuardEngineError(f"{self.name}: chat reply from {url} has non-text content")
-        reasoning = message.get("reasoning_content")
-        if not isinstance(reasoning, str) or not reasoning:
-            reasoning = message.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            # Put the think block back so guard parsers see the whole completion.
-            closed = content is not None or choice.get("finish_reason") != "length"
-            return "<think>" + reasoning + ("</think>" if closed else "") + (content or "")
-        if content is None:
-            raise GuardEngineError(f"{self.name}: chat reply from {url} has no content")
-        return content
+            raise http_error(self.name, resp, url, body)
+        if parse is not None:
+            return parse(resp, url)
+        return parse_completion(self.name, resp, url, chat)
 
     # ------------------------------------------------------------------------- fast scoring
     #: OpenAI's (and vLLM's default --max-logprobs) limit on top_logprobs
@@ -459,32 +448,7 @@ class OpenAIEngine:
         return path, body
 
     def _parse_logprobs(self, resp: httpx.Response, url: str) -> tuple[list[str], list[dict[str, float]]]:
-        """(generated tokens, top-k {token: logprob} per generated position) of a logprobs reply."""
-        try:
-            data = resp.json()
-            choice = data["choices"][0]
-            lp = choice["logprobs"]
-            if "content" in lp:  # chat format
-                items = lp["content"] or []
-                tokens = [str(it["token"]) for it in items]
-                tops = [
-                    {str(t["token"]): float(t["logprob"]) for t in it.get("top_logprobs") or []}
-                    for it in items
-                ]
-                for it, top in zip(items, tops, strict=False):
-                    top.setdefault(str(it["token"]), float(it["logprob"]))
-            else:  # completions format
-                tokens = [str(t) for t in lp.get("tokens") or []]
-                tops = [
-                    {str(k): float(v) for k, v in (d or {}).items()} for d in lp.get("top_logprobs") or []
-                ]
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise GuardEngineError(
-                f"{self.name}: reply from {url} has no usable logprobs ({exc!r}): {_excerpt(resp.text)}"
-            ) from None
-        if not tops:
-            raise GuardEngineError(f"{self.name}: reply from {url} has no logprobs: {_excerpt(resp.text)}")
-        return tokens, tops
+        return parse_logprobs(self.name, resp, url)
 
     async def _score_one(self, client: httpx.AsyncClient, sreq: ScoreRequest, deadline: float) -> ScoreResult:
         req = sreq.request

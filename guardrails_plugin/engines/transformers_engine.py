@@ -220,6 +220,9 @@ class TransformersEngine:
         self._sessions_lock = threading.Lock()
         self._candidate_ids: dict[str, int | None] = {}
 
+        from .workers import warn_if_multi_worker  # N server workers = N copies of the weights
+
+        warn_if_multi_worker(self.source)
         self.tokenizer, self.model = self._load(trust_remote_code)
         self._tok_lock = threading.RLock()  # HF fast tokenizers mutate state per call
         self._setup_tokens()

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Serve the guard models with vLLM on ONE GPU, each on its own port, for guardrails-plugin's
-# `engine: openai`. See README.md next to this file.
+# `engine: openai`. See README.md next to this file. Names and ports follow the serving layout
+# (guardrails_plugin/serving.py; tests/test_serving_layout.py checks that this script agrees):
 #
-#   ./serve_guards.sh              # ReasoningShield-1B (:8001) + GuardReasoner-1B (:8002)
+#   ./serve_guards.sh              # GuardReasoner-1B (:8001) + ReasoningShield-1B (:8002)
 #   ./serve_guards.sh flexguard    # also FlexGuard-Qwen3-8B (:8003); sized for an 80 GB GPU
+#   HOST=0.0.0.0 ./serve_guards.sh # a replica that vllm-router on another machine reaches
+#                                  # (start_routers.sh, docs/scaling.md)
 #
 # --gpu-memory-utilization is a fraction of the WHOLE GPU per process (weights + KV cache), so the
 # shares must add up to less than 1.0. Defaults: 0.35 + 0.35 for the two 1B guards; with FlexGuard
@@ -48,20 +51,21 @@ serve() {
 
 wait_ready() {
   local name="$1" port="$2" t=0
-  until curl -sf "http://$HOST:$port/v1/models" >/dev/null; do
+  local probe="$HOST"; [ "$probe" = "0.0.0.0" ] && probe=127.0.0.1
+  until curl -sf "http://$probe:$port/v1/models" >/dev/null; do
     sleep 2; t=$((t + 2))
     if [ "$t" -ge "$READY_TIMEOUT" ]; then
       echo "$name did not become ready; see $LOG_DIR/$name.log" >&2; cleanup; exit 1
     fi
   done
-  echo "$name ready: http://$HOST:$port/v1"
+  echo "$name ready: http://$probe:$port/v1 (served as $name)"
 }
 
 # vLLM profiles free memory at start-up: start the servers one after another, not in parallel.
-serve ReasoningShield-1B 8001 "$GPU_UTIL_SMALL" ReasoningShield/ReasoningShield-1B
-wait_ready ReasoningShield-1B 8001
-serve GuardReasoner-1B 8002 "$GPU_UTIL_SMALL" yueliu1999/GuardReasoner-1B
-wait_ready GuardReasoner-1B 8002
+serve GuardReasoner-1B 8001 "$GPU_UTIL_SMALL" yueliu1999/GuardReasoner-1B
+wait_ready GuardReasoner-1B 8001
+serve ReasoningShield-1B 8002 "$GPU_UTIL_SMALL" ReasoningShield/ReasoningShield-1B
+wait_ready ReasoningShield-1B 8002
 
 if [ "${1:-}" = "flexguard" ]; then
   flex_args=()
