@@ -1,9 +1,13 @@
-"""`guardrails-plugin escalations list | show | resolve`: the reviewer's side of the escalation queue.
+"""`guardrails-plugin escalations list | show | resolve | purge | upgrade`: the reviewer's side of
+the escalation queue, and the audit store's upkeep.
 
-cli.py mounts ``escalations_app`` with ``app.add_typer(escalations_app, name="escalations")``.
-The store is ``--db`` (or ``$GUARDRAILS_PLUGIN_AUDIT_DB``, else ./guardrails_audit.db); a ``*.jsonl``
-path opens the JSONL sink. Exit codes: 0 ok, 1 no such store / escalation or already resolved,
-2 usage error.
+cli.py mounts ``escalations_app`` with ``app.add_typer(escalations_app, name="escalations")``;
+``audit_app`` holds the upkeep commands alone (``purge``, ``upgrade``) for a ``guardrails-plugin
+audit`` group. The store is ``--db`` (or ``$GUARDRAILS_PLUGIN_AUDIT_DB``, else
+./guardrails_audit.db): a SQLite file, a ``*.jsonl`` path or a ``postgresql://user@host/db`` URL.
+The CLI never creates a store and never upgrades one silently (``upgrade`` does that). Exit codes:
+0 ok, 1 no such store / escalation, already resolved, or store unreachable, 2 usage or
+configuration error.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .audit import (
     default_path,
     open_store,
 )
+from .errors import GuardConfigError
 
 escalations_app = typer.Typer(
     name="escalations",
@@ -36,8 +41,16 @@ escalations_app = typer.Typer(
     add_completion=False,
 )
 
+audit_app = typer.Typer(
+    name="audit",
+    help="Audit store upkeep: purge old records or stored text, upgrade the schema.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
 DbOption = typer.Option(None, "--db", envvar="GUARDRAILS_PLUGIN_AUDIT_DB",
-                        help="Audit store (SQLite file, or a *.jsonl path). Default: ./guardrails_audit.db")
+                        help="Audit store: SQLite file, *.jsonl path, or postgresql://user@host:5432/db. "
+                        "Default: ./guardrails_audit.db")
 JsonOption = typer.Option(False, "--json", help="Machine-readable JSON output.")
 
 
@@ -50,9 +63,11 @@ def _err(msg: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _open(db: str | None) -> AuditStore:
+def _open(db: str | None, *, migrate: bool = False) -> AuditStore:
     try:
-        return open_store(db or default_path(), create=False)
+        return open_store(db or default_path(), create=False, migrate=migrate)
+    except GuardConfigError as exc:
+        raise _err(str(exc), 2) from None
     except AuditError as exc:
         raise _err(str(exc)) from None
 
@@ -80,6 +95,8 @@ def list_cmd(
     store = _open(db)
     try:
         items = store.list_escalations(None if status == "all" else status)
+    except AuditError as exc:
+        raise _err(str(exc)) from None
     finally:
         store.close()
     if as_json:
@@ -87,9 +104,9 @@ def list_cmd(
         return
     console = _console()
     if not items:
-        console.print(f"no {'' if status == 'all' else status + ' '}escalations in {store.path}")
+        console.print(f"no {'' if status == 'all' else status + ' '}escalations in {store.location}")
         return
-    table = Table(title=f"Escalations ({status}) - {store.path}", title_justify="left",
+    table = Table(title=f"Escalations ({status}) - {store.location}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1))
     table.add_column("ID", justify="right", no_wrap=True)
     for col in ("Time (UTC)", "Stage", "Risk", "Status", "Request"):
@@ -108,7 +125,7 @@ def list_cmd(
 def _get(store: AuditStore, id: int) -> Escalation:
     esc = store.get_escalation(id)
     if esc is None:
-        raise _err(f"no escalation {id} in {store.path}")
+        raise _err(f"no escalation {id} in {store.location}")
     return esc
 
 
@@ -123,6 +140,8 @@ def show_cmd(
     try:
         esc = _get(store, id)
         records = store.records(request_id=esc.request_id)
+    except AuditError as exc:
+        raise _err(str(exc)) from None
     finally:
         store.close()
     if as_json:
@@ -138,11 +157,18 @@ def show_cmd(
         ("status", f"[{_STATUS_STYLE.get(esc.status, 'white')}]{esc.status}[/]"),
         ("request id", esc.request_id), ("time", _when(esc.time)), ("stage", esc.stage),
         ("risk", f"{esc.risk:.2f}"), ("categories", ", ".join(esc.categories) or "-"),
-        ("reason", esc.reason), ("content sha256", esc.content_sha256),
+        ("reason", esc.reason), ("guards", ", ".join(esc.guards) or "-"),
+        ("content sha256", esc.content_sha256),
         ("content", esc.content if esc.content is not None else "[dim](not stored)[/dim]"),
+        ("context", json.dumps(esc.metadata, ensure_ascii=False) if esc.metadata else "-"),
         ("resolver", esc.resolver or "-"), ("note", esc.note or "-"),
         ("resolved at", _when(esc.resolved_at)),
     ]
+    for v in esc.verdicts:
+        label = f"{v.get('guard', '?')}: risk {v.get('risk', 0):.2f} {v.get('label') or ''}".strip()
+        if v.get("rationale"):
+            label += f" - {v['rationale']}"
+        rows.append(("verdict", label))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -179,8 +205,8 @@ def resolve_cmd(
     try:
         esc = store.resolve(id, approved=approve, resolver=resolver, note=note)
     except EscalationNotFound:
-        raise _err(f"no escalation {id} in {store.path}") from None
-    except EscalationAlreadyResolved as exc:
+        raise _err(f"no escalation {id} in {store.location}") from None
+    except (EscalationAlreadyResolved, AuditError) as exc:
         raise _err(str(exc)) from None
     finally:
         store.close()
@@ -190,3 +216,60 @@ def resolve_cmd(
     style = _STATUS_STYLE[esc.status]
     _console().print(f"escalation {esc.id}: [{style}]{esc.status}[/] by {esc.resolver}"
                      + (f" ({esc.note})" if esc.note else ""))
+
+
+def _days(value: str | None, flag: str) -> float | None:
+    """``30``, ``30d``, ``12h``: a number of days."""
+    if value is None:
+        return None
+    v = value.strip().lower()
+    scale = 1 / 24 if v.endswith("h") else 1.0
+    try:
+        days = float(v.rstrip("dh")) * scale
+    except ValueError:
+        raise _err(f"{flag} takes days (30, 30d) or hours (12h), got {value!r}", 2) from None
+    if days < 0:
+        raise _err(f"{flag} must not be negative", 2)
+    return days
+
+
+@escalations_app.command("purge")
+@audit_app.command("purge")
+def purge_cmd(
+    older_than: str | None = typer.Option(None, "--older-than", help="Delete records older than this "
+                                          "(days: 90, 90d; hours: 12h). Pending escalations stay."),
+    content_older_than: str | None = typer.Option(None, "--content-older-than", help="Erase stored text "
+                                                  "older than this; hashes stay."),
+    db: str | None = DbOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Retention: delete old audit records and resolved escalations, or erase old stored text."""
+    rec_days, text_days = _days(older_than, "--older-than"), _days(content_older_than, "--content-older-than")
+    if rec_days is None and text_days is None:
+        raise _err("give --older-than and/or --content-older-than", 2)
+    store = _open(db)
+    try:
+        res = store.purge(older_than_days=rec_days, content_older_than_days=text_days)
+    except AuditError as exc:
+        raise _err(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(res.to_dict()))
+        return
+    _console().print(f"{store.location}: {res.records} record(s) and {res.escalations} resolved "
+                     f"escalation(s) deleted, stored text erased from {res.content}, "
+                     f"{res.kept_pending} old pending escalation(s) kept")
+
+
+@escalations_app.command("upgrade")
+@audit_app.command("upgrade")
+def upgrade_cmd(db: str | None = DbOption) -> None:
+    """Upgrade the store's schema to this version's (keeps the data). Applications do this
+    themselves when they open the store; the other commands never do."""
+    store = _open(db, migrate=True)
+    try:
+        schema = getattr(store, "schema", None)
+    finally:
+        store.close()
+    _console().print(f"{store.location}: schema {schema or 'n/a (JSON lines have none)'}")

@@ -106,6 +106,39 @@ class StageConfig(BaseModel):
     check_every_tokens: int = Field(64, gt=0, description="Streaming check interval.")
 
 
+class AuditConfig(BaseModel):
+    """The audit trail and escalation review queue (guardrails_plugin/observe; docs/observability.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        None, description="SQLite file, *.jsonl file, or postgresql://user@host:5432/db "
+        "(default: $GUARDRAILS_PLUGIN_AUDIT_DB, else ./guardrails_audit.db).",
+    )
+    sink: Literal["sqlite", "jsonl"] | None = Field(None, description="Force the format of a file path.")
+    durability: Literal["background", "strict"] = Field(
+        "background", description="strict: on record before the Decision returns; background: batched."
+    )
+    store_content: bool = Field(False, description="Store the judged text (else only its SHA-256).")
+    queue_size: int = Field(10_000, gt=0, description="Background records waiting beyond this are dropped, counted.")
+    batch_size: int = Field(256, gt=0, description="Most records per background commit.")
+    batch_window_s: float = Field(0.02, ge=0, description="How long the writer lingers to fill a batch.")
+    retries: int = Field(3, ge=0, description="Attempts for a batch the store rejects (not for an outage).")
+    max_backoff_s: float = Field(5.0, gt=0, description="Longest wait between retries while the store is down.")
+    retention_days: float | None = Field(None, gt=0, description="Purge records older than this.")
+    content_retention_days: float | None = Field(
+        None, gt=0, description="Erase stored text older than this; hashes stay."
+    )
+    purge_interval_s: float = Field(3600.0, gt=0, description="How often a retention purge runs.")
+    pool_size: int = Field(5, gt=0, description="Database connections per process (SQL stores).")
+    connect_timeout_s: float = Field(10.0, gt=0, description="PostgreSQL connect / pool checkout timeout.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+
 def _default_models() -> dict[str, GuardModelConfig]:
     return {
         "GuardReasoner-1B": GuardModelConfig(family="guardreasoner"),
@@ -210,7 +243,7 @@ class GuardConfig(BaseSettings):
         description="Merged with the default models; `Name: null` removes one (module docstring).",
     )
     stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
-    audit: dict[str, Any] | None = Field(None, description="Audit sink settings (see audit.py).")
+    audit: AuditConfig | None = Field(None, description="Audit trail and review queue (see observe/).")
     circuit: CircuitConfig = Field(
         default_factory=CircuitConfig, description="Per-engine circuit breaker (see circuit.py)."
     )

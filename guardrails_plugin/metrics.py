@@ -20,6 +20,15 @@ Metric names (all prefixed ``guardrails_``; see docs/observability.md):
   ``circuit_rejected_total{engine}``.
 * ``monitor_detection_lag_tokens{stage}``, ``monitor_checks`` and ``monitor_guard_seconds``: from
   ``observe_monitor(stats)``, which the reasoning monitor calls when a stream closes.
+* ``audit_records_total{outcome}`` (written | dropped | failed) and ``audit_retries_total``: from the
+  guard's Auditor (observe/auditor.py); ``dropped`` counts records lost to a full queue or a closed
+  auditor, ``retries`` batch writes retried while the store was unreachable.
+
+Several worker processes (gunicorn, ``litellm --num_workers``): with ``PROMETHEUS_MULTIPROC_DIR``
+set before prometheus-client is imported, every metric above lives in that directory's files, and
+``start_metrics_server`` / ``metrics_asgi_app`` serve the sum over all workers (prometheus-client's
+multiprocess mode). Circuit metrics are then kept in real gauges/counters updated with each
+decision (the worst state over the live workers), since a scrape-time collector sees one process.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -48,6 +57,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 #: tokens streamed past the first harmful token before the monitor stopped the stream
 LAG_BUCKETS = (0, 1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 CHECK_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def multiprocess_mode() -> bool:
+    """True when prometheus-client keeps values in ``PROMETHEUS_MULTIPROC_DIR`` (the variable was
+    set before prometheus-client was first imported in this process)."""
+    return values.ValueClass is not values.MutexValue
 
 
 class _CircuitCollector(Collector):
@@ -145,9 +160,31 @@ class GuardMetrics:
             "guardrails_monitor_aborts", "Monitored streams stopped by a decision.", ["stage"],
             registry=r,
         )
+        self.audit_records = Counter(
+            "guardrails_audit_records", "Audit records by outcome: written, dropped (queue full or "
+            "auditor closed), failed (rejected by the store).", ["outcome"], registry=r,
+        )
+        self.audit_retries = Counter(
+            "guardrails_audit_retries", "Audit batch writes retried while the store was unreachable.",
+            registry=r,
+        )
         self._guards: weakref.WeakSet[Guard] = weakref.WeakSet()
+        self._auditors: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
-        r.register(_CircuitCollector(self))
+        self._circuit_seen: dict[str, tuple[int, int]] = {}
+        self._mp_circuit: tuple[Gauge, Counter, Counter] | None = None
+        if multiprocess_mode():
+            # a scrape-time collector would report only the scraped process: keep real metrics
+            self._mp_circuit = (
+                Gauge("guardrails_circuit_state", "Circuit breaker state per engine: 0 closed, "
+                      "1 half-open, 2 open (worst over live workers).", ["engine"],
+                      multiprocess_mode="livemax", registry=r),
+                Counter("guardrails_circuit_opened", "Times an engine's circuit opened.", ["engine"], registry=r),
+                Counter("guardrails_circuit_rejected", "Calls failed fast by an open circuit.", ["engine"],
+                        registry=r),
+            )
+        else:
+            r.register(_CircuitCollector(self))
         with _registry_lock:
             _by_registry.setdefault(r, self)  # attach_metrics(guard, r) finds these metrics
         self._tracer = _make_tracer(tracer_provider) if tracing is not False else None
@@ -163,7 +200,24 @@ class GuardMetrics:
             self._guards.add(guard)
         guard.hooks.append(self.hook)
         _by_guard[guard] = self
+        for hook in list(guard.hooks):  # the guard's auditors (duck-typed: metrics imports no audit code)
+            if isinstance(getattr(hook, "listeners", None), list) and hasattr(hook, "durability"):
+                self.watch_auditor(hook)
         return self
+
+    def watch_auditor(self, auditor: Any) -> None:
+        """Count ``auditor``'s written / dropped / failed records and retries (idempotent)."""
+        with self._lock:
+            if auditor in self._auditors:
+                return
+            self._auditors.add(auditor)
+        auditor.listeners.append(self._audit_event)
+
+    def _audit_event(self, auditor: Any, event: str, n: int) -> None:
+        if event == "retried":
+            self.audit_retries.inc(n)
+        elif event in ("written", "dropped", "failed"):
+            self.audit_records.labels(event).inc(n)
 
     def breakers(self) -> list[Any]:
         out = []
@@ -198,8 +252,24 @@ class GuardMetrics:
             self.fail_mode.labels(stage, str(decision.failure), mode).inc()
         if decision.unguarded:
             self.unguarded.labels(stage).inc(len(decision.unguarded))
+        if self._mp_circuit is not None:
+            self._sync_circuits()
         if self._tracer is not None:
             _span(self._tracer, request, decision)
+
+    def _sync_circuits(self) -> None:
+        """Multiprocess mode: copy breaker states and counts into this worker's metric files."""
+        state, opened, rejected = self._mp_circuit  # type: ignore[misc]
+        for br in self.breakers():
+            name, st = br.name, br.stats
+            state.labels(name).set(STATE_CODES[br.state])
+            with self._lock:
+                o0, r0 = self._circuit_seen.get(name, (0, 0))
+                self._circuit_seen[name] = (st["opened"], st["rejected"])
+            if st["opened"] > o0:
+                opened.labels(name).inc(st["opened"] - o0)
+            if st["rejected"] > r0:
+                rejected.labels(name).inc(st["rejected"] - r0)
 
     # -- monitor ---------------------------------------------------------------------------------
     def observe_monitor(self, stats: Any, stage: Stage | str | None = None,
@@ -275,6 +345,13 @@ def observe_monitor(stats: Any, *, guard: Guard | None = None, stage: Stage | st
 
 
 def _registry_of(target: GuardMetrics | CollectorRegistry | None) -> CollectorRegistry:
+    if multiprocess_mode():
+        # the values of every worker are in PROMETHEUS_MULTIPROC_DIR: serve their sum
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
     if isinstance(target, GuardMetrics):
         return target.registry
     return target if target is not None else REGISTRY
@@ -283,7 +360,8 @@ def _registry_of(target: GuardMetrics | CollectorRegistry | None) -> CollectorRe
 def start_metrics_server(port: int, metrics: GuardMetrics | CollectorRegistry | None = None, *,
                          addr: str = "127.0.0.1") -> Any:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread (``metrics=None``: the global
-    registry). Returns prometheus-client's ``(server, thread)``; ``server.shutdown()`` stops it."""
+    registry; in multiprocess mode, the sum over every worker's files). Returns prometheus-client's
+    ``(server, thread)``; ``server.shutdown()`` stops it."""
     from prometheus_client import start_http_server
 
     return start_http_server(port, addr=addr, registry=_registry_of(metrics))
@@ -363,6 +441,7 @@ __all__ = [
     "attach_metrics",
     "metrics_asgi_app",
     "metrics_for",
+    "multiprocess_mode",
     "observe_monitor",
     "start_metrics_server",
 ]
