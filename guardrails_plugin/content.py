@@ -136,14 +136,19 @@ def reasoning_text(value: Any) -> str | None:
         return ""
     if kind not in _TEXT_PART_TYPES:
         return None
+    present = False
     for name in ("reasoning", "thinking", "text"):  # one text field; the first one set wins
         field_value = get(name)
         if field_value is not None and field_value != "":
             return reasoning_text(field_value)
+        present = present or field_value is not None
     out = []
     for name in ("summary", "content") if kind is not None else ("summary",):
-        t = reasoning_text(get(name))
+        field_value = get(name)
+        t = reasoning_text(field_value)
         if t is None:
             return None
+        present = present or field_value is not None
         out.append(t)
-    return "".join(out)
+    # a typed block without text is a known empty delta; an untyped value without any is unknown
+    return "".join(out) if present or kind is not None else None

@@ -16,8 +16,9 @@ The rules:
 * **Hold-back.** An item is released once every track it fed has covered its part (for a track
   without hold-back: at once). Items leave in the order they came.
 * **Tool calls** are model output: judged with the answer (same track, same text) and, with
-  ``hold_tools``, held until a check covered them whatever the answer's hold-back. A stopped
-  turn releases nothing more, so a blocked turn loses its tool calls.
+  ``hold_tools``, held (with everything after them) until the whole turn has passed its checks,
+  whatever the answer's hold-back: a blocked turn loses its tool calls, not even a fragment of
+  their arguments goes out.
 * **Stops.** The first BLOCK or REDACT of any check stops the turn (a redaction cannot be applied
   to text already sent), as does reasoning of a shape nobody can read under a closed fail mode.
   Nothing is released after a stop.
@@ -54,6 +55,10 @@ class _Held:
         self.item = item
         self.needs = needs  # (track, chars) that must be covered before the item may go
         self.ends = ends  # (track, chars) released with it
+
+
+#: a need met only when the whole turn has passed: tool calls leave with a clean turn or never
+_WHOLE_TURN: tuple[Any, int] = (None, 0)
 
 
 class TurnGuard:
@@ -113,7 +118,7 @@ class TurnGuard:
             choice = self.choices.get(p.index) or self.choices.setdefault(p.index, _Choice())
             if p.kind is PartKind.REASONING:
                 if self.judges[Stage.REASONING]:
-                    self._add(self._segment(choice), p.text, due, needs, ends, hold=False)
+                    self._add(self._segment(choice), p.text, due, needs, ends)
             elif p.kind is PartKind.UNKNOWN:
                 if self.judges[Stage.REASONING] and not self._unknown(p.text):
                     return []
@@ -128,16 +133,18 @@ class TurnGuard:
                         needs.append((seg, seg.chars))
                 if self.judges[Stage.RESPONSE]:
                     track = choice.answer or self._new_track(Stage.RESPONSE, choice)
-                    self._add(track, p.text, due, needs, ends, hold=p.kind is PartKind.TOOL_CALL and self.hold_tools)
+                    self._add(track, p.text, due, needs, ends)
+                    if p.kind is PartKind.TOOL_CALL and self.hold_tools:
+                        needs.append(_WHOLE_TURN)
         self._held.append(_Held(item, needs, ends))
         return due
 
-    def _add(self, track: Track, text: str, due: list[Check], needs: list, ends: list, hold: bool) -> None:
+    def _add(self, track: Track, text: str, due: list[Check], needs: list, ends: list) -> None:
         check = track.add(text)
         if check is not None:
             due.append(check)
         ends.append((track, track.chars))
-        if track.hold_back or hold:
+        if track.hold_back:
             needs.append((track, track.chars))
 
     def _segment(self, choice: _Choice) -> Track:
@@ -195,9 +202,10 @@ class TurnGuard:
         """The items that may go downstream now, in order (none once stopped)."""
         out: list[Any] = []
         held = self._held
+        passed = self.ended and self.stop is None and all(t.settled for t in self.tracks)
         while held and self.stop is None:
             h = held[0]
-            if any(t.covered < n for t, n in h.needs):
+            if any((t.covered < n) if t is not None else not passed for t, n in h.needs):
                 break
             held.popleft()
             for t, n in h.ends:
