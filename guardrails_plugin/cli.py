@@ -904,6 +904,11 @@ try:  # the reviewer's side of the escalation queue (audit_cli.py)
 except ImportError:  # pragma: no cover - optional module
     pass
 
+# `review serve` (the review page) and `escalations export` (reviewed items as labelled data)
+from .review.cli import register as _register_review  # noqa: E402
+
+_register_review(app)
+
 
 def _version(value: bool) -> None:
     if value:

@@ -106,6 +106,32 @@ class StageConfig(BaseModel):
     check_every_tokens: int = Field(64, gt=0, description="Streaming check interval.")
 
 
+class NotifyConfig(BaseModel):
+    """Webhook on escalations (and, if listed, blocks); delivered off the request path (notify.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s) URL that receives a POST per event.")
+    secret: str | None = Field(
+        None, repr=False, description="HMAC-SHA256 key: signs the body (X-Guardrails-Signature-256)."
+    )
+    on: list[Literal["escalate", "block"]] = Field(default_factory=lambda: ["escalate"])
+    format: Literal["json", "slack"] = "json"
+    timeout_s: float = Field(5.0, gt=0, description="Deadline of one delivery attempt.")
+    max_retries: int = Field(3, ge=0, description="Retries after a failed attempt (backoff doubles).")
+    backoff_s: float = Field(0.5, gt=0, description="Delay before the first retry.")
+    queue_size: int = Field(1000, gt=0, description="Events waiting beyond this are dropped and counted.")
+    include_content: bool = Field(False, description="Put the judged text in the payload.")
+    review_url: str | None = Field(None, description="Base URL of `guardrails-plugin review serve`.")
+
+    @field_validator("url", "review_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v
+
+
 class AuditConfig(BaseModel):
     """The audit trail and escalation review queue (guardrails_plugin/observe; docs/observability.md)."""
 
@@ -244,6 +270,7 @@ class GuardConfig(BaseSettings):
     )
     stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
     audit: AuditConfig | None = Field(None, description="Audit trail and review queue (see observe/).")
+    notify: NotifyConfig | None = Field(None, description="Webhook on escalations (see notify.py).")
     circuit: CircuitConfig = Field(
         default_factory=CircuitConfig, description="Per-engine circuit breaker (see circuit.py)."
     )
