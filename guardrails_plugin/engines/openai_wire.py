@@ -112,8 +112,7 @@ def build_body(
     if not request.is_chat:
         body["prompt"] = fix(request.prompt or "") + request.assistant_prefix
         return "/v1/completions", body
-    messages = [{**m, "content": fix(m["content"])} if isinstance(m.get("content"), str) else dict(m)
-                for m in request.messages or ()]
+    messages = [{**m, "content": _fix_content(m.get("content"), fix)} for m in request.messages or ()]
     if request.assistant_prefix:
         # vLLM prefill: leave the final assistant turn open and continue it.
         messages.append({"role": "assistant", "content": request.assistant_prefix})
@@ -123,6 +122,17 @@ def build_body(
     if request.chat_template_kwargs:
         body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
     return "/v1/chat/completions", body
+
+
+def _fix_content(content: Any, fix: Any) -> Any:
+    """Defuse a string content, and every text part of a typed-part content (Llama Guard 3-1B / 4
+    templates take ``[{"type": "text", "text": ...}]``): user text never reaches the server raw."""
+    if isinstance(content, str):
+        return fix(content)
+    if isinstance(content, list):
+        return [{**p, "text": fix(p["text"])} if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+                else p for p in content]
+    return content
 
 
 # ------------------------------------------------------------------------------ replies

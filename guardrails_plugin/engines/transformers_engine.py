@@ -367,21 +367,35 @@ class TransformersEngine:
         ``apply_chat_template``.
         """
         msgs = [dict(m) for m in messages]
-        for m in msgs:
-            if not isinstance(m.get("content"), str):
-                raise GuardEngineError(
-                    f"{self.name}: message content must be a string, got {m.get('content')!r:.60}"
-                )
-        contents = [m["content"] for m in msgs]
         nonce = uuid.uuid4().hex[:12]
         sentinel = "\ue000{}:{}\ue001"
+        # Content is a string, or a list of typed text parts (Llama Guard 3-1B / 4 templates read
+        # only those; a string would render an empty conversation). Every text is one slot.
+        contents: list[str] = []
+        skel_msgs: list[dict[str, Any]] = []
+        for m in msgs:
+            c = m.get("content")
+            if isinstance(c, str):
+                skel_msgs.append({**m, "content": sentinel.format(nonce, len(contents))})
+                contents.append(c)
+            elif isinstance(c, list) and c and all(
+                isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in c
+            ):
+                parts_skel = []
+                for p in c:
+                    parts_skel.append({**p, "text": sentinel.format(nonce, len(contents))})
+                    contents.append(p["text"])
+                skel_msgs.append({**m, "content": parts_skel})
+            else:
+                raise GuardEngineError(
+                    f"{self.name}: message content must be a string or text parts, got {c!r:.60}"
+                )
         kw = dict(kwargs)
         add_gen = kw.pop("add_generation_prompt", True)
         with self._tok_lock:
             real = self.tokenizer.apply_chat_template(
                 msgs, tokenize=False, add_generation_prompt=add_gen, **kw
             )
-            skel_msgs = [{**m, "content": sentinel.format(nonce, i)} for i, m in enumerate(msgs)]
             skeleton = self.tokenizer.apply_chat_template(
                 skel_msgs, tokenize=False, add_generation_prompt=add_gen, **kw
             )
