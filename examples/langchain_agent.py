@@ -1,9 +1,10 @@
 """A streaming LangChain agent guarded by GuardMiddleware and GuardCallbackHandler.
 
 Runs offline as is: the agent's "LLM" is a scripted reasoning chat model (it streams a chain of
-thought as reasoning content blocks, then an answer or a tool call) and the guard is a
-ScriptedEngine that flags a few keywords (a test double standing in for ReasoningShield /
-GuardReasoner). Three turns:
+thought as reasoning content blocks, then an answer or a tool call) and the guard models are
+replaced by ``ScriptedEngine.from_rules``: a few keyword rules that answer in ReasoningShield's and
+GuardReasoner's own output formats. NOT a guard; it stands in for one so the example runs anywhere.
+Three turns:
 
 1. a benign question: the agent calls a tool and answers; everything streams through unchanged;
 2. a harmful request: refused before the model is called (GuardMiddleware.before_model);
@@ -140,20 +141,8 @@ def get_weather(city: str) -> str:
 
 # -- the guard ----------------------------------------------------------------------------------
 
-HARMFUL = re.compile(r"\b(bomb|explosive charge|nerve agent)\b", re.IGNORECASE)
-
-
-def keyword_responder(rendered: str) -> str:
-    """A stand-in guard: flags the judged text when it names a weapon. Judges only the part of
-    the guard prompt under judgment (GuardReasoner: user turn and answer; ReasoningShield: thought)."""
-    m = re.search(r"Human user:\n(.*?)\n\nAI assistant:\n(.*)\n\n\Z", rendered, re.DOTALL)
-    if m:
-        req = "harmful" if HARMFUL.search(m.group(1)) else "unharmful"
-        res = "harmful" if m.group(2) != "None" and HARMFUL.search(m.group(2)) else "unharmful"
-        return f"Answers: \nRequest: {req}\nCompletion: compliance\nResponse: {res}\n"
-    m = re.search(r"\nThought: (.*)\n<\|assistant\|>\n\Z", rendered, re.DOTALL)
-    thought = m.group(1) if m else rendered
-    return '"Analysis": keyword stand-in\n"Judgment": ' + ("1" if HARMFUL.search(thought) else "0")
+#: NOT A GUARD: the offline stand-in's rules (regex over the judged text -> outcome)
+RULES = {r"\b(bomb|explosive charge|nerve agent)\b": "harmful"}
 
 
 def build_guard(args: argparse.Namespace) -> Guard:
@@ -161,7 +150,7 @@ def build_guard(args: argparse.Namespace) -> Guard:
         return Guard.from_config(args.config)
     if args.model_dir:
         return Guard(GuardConfig().with_model_dir(args.model_dir))  # TransformersEngine, in-process
-    return Guard(engine=ScriptedEngine(keyword_responder, latency_s=args.guard_latency))
+    return Guard(engine=ScriptedEngine.from_rules(RULES, latency_s=args.guard_latency))
 
 
 # -- running the agent ----------------------------------------------------------------------------
