@@ -263,10 +263,11 @@ def build_guard(cfg: GuardConfig, scripted: Path | None = None) -> Any:
 
 def preflight(guard: Any, names: list[str]) -> None:
     """Build (load) the engines of ``names`` now, so missing weights are a clear error instead of
-    a fail-closed BLOCK for every example."""
+    a fail-closed BLOCK for every example. Like ``Guard.warmup``, this is where a hub id missing
+    from the cache may be downloaded (checks never download)."""
     for n in names:
         try:
-            guard.engine(n)
+            guard.engine(n, download=True)
         except GuardConfigError as exc:
             raise GuardConfigError(f"cannot load guard {n}: {exc}\n\n{WEIGHTS_HINT}") from None
         except ImportError as exc:
