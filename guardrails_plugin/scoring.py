@@ -11,25 +11,10 @@ data (``guardrails-plugin eval``) before anyone relies on it.
 ``GuardConfig.cascade_band`` (inclusive), or whose fast score could not be read, gets the full
 generation, and the full verdict replaces the fast one. Risks outside the band keep the fast verdict.
 
-What is forced, per family (``spec_for``):
-
-* **ReasoningShield**: the assistant turn is forced to ``"Judgment": `` (trailing space: Llama-3's
-  pre-tokenizer splits ``": 1"`` into ``":``, `` ``, ``1``, so the digit is the next token). No forced
-  ``"Analysis": ``: an empty or placeholder analysis would be text the model conditions on (it reads
-  as "nothing to analyse" and biases towards 0); forcing the judgment key directly adds nothing but the
-  key. Risk = (P(1) + 0.5 P(0.5)) / (P(1) + P(0) + P(0.5)); P(0.5) = P("0") P("." | "0") is read in
-  the same forward pass by teacher-forcing the probe "0" after the prefix.
-* **GuardReasoner**, prompt stage: forced to ``Answers: \\nRequest:``; risk = P(" harmful") /
-  (P(" harmful") + P(" unharmful")). No trailing space in the forced text: " harmful" is one
-  pre-token, so the space belongs to the answer token. Response (and reasoning) stage: the few tokens
-  of the Request and Completion lines are decoded greedily first (max 24 tokens, stop at
-  "Response"), then ``Response:`` is forced and scored the same way; the refusal flag is read from the
-  decoded Completion line.
-* **FlexGuard**: ``enable_thinking=False``, so Qwen3's own chat template emits the empty think block
-  (``<think>\\n\\n</think>\\n\\n``) as template structure (trusted tokens; no user text ever becomes an
-  added token). The next token is the CATEGORY line: risk = 1 - P(SAFE) over the protocol's category
-  tokens. That is the probability that the guard flags anything, not its graded 0-100 RISK_SCORE: the
-  strictness thresholds apply to it unchanged, and the cascade's full generation gives the graded score.
+What is forced is each family's business: ``GuardModel.fast_spec`` in the family's own file
+(models/*.py) builds a ``FastSpec`` (models/fast.py). A family without one, or one whose spec cannot
+run on the configured engine (``FastSpec.raw_prefix`` specs need an in-process engine), is a
+configuration error when the Guard is built (``GuardModel.from_config``), not a verdict per check.
 
 Reading is "unreadable" (a parse failure, so the stage's fail mode applies) when the protocol's answer
 tokens hold less than ``MIN_MASS`` of the next-token probability: the guard did not accept the forced
@@ -42,13 +27,16 @@ import asyncio
 import dataclasses
 import json
 import logging
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .engines.base import GenerationRequest
-from .engines.logprobs import ScoreRequest, ScoreResult
+from .engines.logprobs import ScoreResult
+from .models.fast import FAST_NOTE, FastReading, FastSpec
+from .models.flexguard import CATEGORIES as FLEXGUARD_CODES
+from .models.guardreasoner import FAST_LABELS as GUARDREASONER_LABELS
+from .models.guardreasoner import FAST_PREFIX as GUARDREASONER_PREFIX
+from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
 from .runtime import we_are_cancelled
 from .types import FailureKind, GuardRequest, Stage, Verdict
 from .windowing import split_windows
@@ -62,148 +50,37 @@ log = logging.getLogger("guardrails_plugin")
 #: protocol answer tokens must hold at least this much next-token probability to count as a verdict
 MIN_MASS = 0.2
 
-REASONINGSHIELD_PREFIX = '"Judgment": '
-GUARDREASONER_PREFIX = "Answers: \nRequest:"
-GUARDREASONER_LABELS = (" harmful", " unharmful")
-FLEXGUARD_CODES = ("VIO", "ILG", "SEX", "INF", "DIS", "MIS", "JAIL")
-FAST_NOTE = "fast score (one forward pass; accuracy against full generation not measured)"
-
-
-@dataclass
-class FastReading:
-    """What the probabilities say: a risk (None when unreadable) and the numbers behind it."""
-
-    risk: float | None
-    label: str | None = None
-    probs: dict[str, float] = field(default_factory=dict)
-    mass: float = 0.0
-    categories: list[str] = field(default_factory=list)
-    refusal: bool | None = None
-    why: str | None = None
-
-
-@dataclass(frozen=True)
-class FastSpec:
-    """How one guard input is fast-scored.
-
-    ``score`` is the forward pass; ``read`` turns its result into a FastReading. With ``pre``, a
-    short greedy generation runs first and its text, plus ``pre_suffix``, is appended to the forced
-    prefix of ``score.request`` (GuardReasoner's Request/Completion lines before ``Response:``).
-    """
-
-    score: ScoreRequest
-    read: Callable[[ScoreResult], FastReading]
-    pre: GenerationRequest | None = None
-    pre_suffix: str = ""
-    read_pre: Callable[[str], dict[str, Any]] | None = None
-
-    def with_pre_text(self, text: str) -> FastSpec:
-        req = self.score.request
-        forced = req.assistant_prefix + text + self.pre_suffix
-        extra = self.read_pre(text) if self.read_pre else {}
-        read = self.read
-        if extra:
-            def read(res: ScoreResult, _r: Callable[[ScoreResult], FastReading] = self.read) -> FastReading:
-                return dataclasses.replace(_r(res), **extra)
-        return dataclasses.replace(
-            self,
-            score=dataclasses.replace(self.score, request=dataclasses.replace(req, assistant_prefix=forced)),
-            read=read,
-            pre=None,
-        )
-
-
-# ---------------------------------------------------------------------------------- family specs
-
-
-def _binary(probs: dict[str, float], risks: dict[str, float]) -> FastReading:
-    mass = sum(probs.values())
-    if mass <= 0:
-        return FastReading(None, probs=probs, mass=0.0, why="no probability on the protocol's answer tokens")
-    risk = sum(probs[k] * risks[k] for k in probs) / mass
-    label = max(probs, key=probs.__getitem__)
-    return FastReading(min(1.0, max(0.0, risk)), label=label, probs=probs, mass=mass)
-
-
-def _read_reasoningshield(res: ScoreResult) -> FastReading:
-    cands = ("0", "1")
-    p1 = res.at_prefix.prob("1", cands)
-    p0x = res.at_prefix.prob("0", cands)
-    q = res.after_probe.prob(".", (".",)) if res.after_probe is not None else 0.0
-    probs = {"0": p0x * (1.0 - q), "0.5": p0x * q, "1": p1}
-    return _binary(probs, {"0": 0.0, "0.5": 0.5, "1": 1.0})
-
-
-def reasoningshield_spec(model: GuardModel, request: GuardRequest) -> FastSpec:
-    gen = model.build_input(request)
-    req = dataclasses.replace(gen, assistant_prefix=REASONINGSHIELD_PREFIX, max_new_tokens=1)
-    return FastSpec(
-        ScoreRequest(req, candidates=("0", "1"), probe="0", probe_candidates=(".",)),
-        read=_read_reasoningshield,
-    )
-
-
-def _read_guardreasoner(res: ScoreResult) -> FastReading:
-    h, u = GUARDREASONER_LABELS
-    probs = {"harmful": res.at_prefix.prob(h, GUARDREASONER_LABELS),
-             "unharmful": res.at_prefix.prob(u, GUARDREASONER_LABELS)}
-    return _binary(probs, {"harmful": 1.0, "unharmful": 0.0})
-
-
-_COMPLETION = re.compile(r"Completion:\s*(refusal|compliance)", re.IGNORECASE)
-
-
-def _read_gr_lines(text: str) -> dict[str, Any]:
-    m = _COMPLETION.search(text)
-    return {"refusal": m.group(1).lower() == "refusal"} if m else {}
-
-
-def guardreasoner_spec(model: GuardModel, request: GuardRequest) -> FastSpec:
-    gen = model.build_input(request)
-    forced = dataclasses.replace(gen, assistant_prefix=GUARDREASONER_PREFIX, max_new_tokens=1)
-    score = ScoreRequest(forced, candidates=GUARDREASONER_LABELS)
-    if request.stage is Stage.PROMPT:
-        return FastSpec(score, read=_read_guardreasoner)
-    # Response field: decode " harmful\nCompletion: refusal\n" greedily, then force "Response:".
-    pre = dataclasses.replace(gen, assistant_prefix=GUARDREASONER_PREFIX, max_new_tokens=24, stop=("Response",))
-    return FastSpec(score, read=_read_guardreasoner, pre=pre, pre_suffix="Response:", read_pre=_read_gr_lines)
-
-
-def _read_flexguard(res: ScoreResult) -> FastReading:
-    cands = ("SAFE", *FLEXGUARD_CODES)
-    probs = {c: res.at_prefix.prob(c, cands) for c in cands}
-    mass = sum(probs.values())
-    if mass <= 0:
-        return FastReading(None, probs=probs, why="no probability on the CATEGORY tokens")
-    risk = 1.0 - probs["SAFE"] / mass
-    cats = [c for c in FLEXGUARD_CODES if probs[c] / mass >= 0.2]
-    label = max(probs, key=probs.__getitem__)
-    return FastReading(min(1.0, max(0.0, risk)), label=label, probs=probs, mass=mass, categories=cats)
-
-
-def flexguard_spec(model: GuardModel, request: GuardRequest) -> FastSpec:
-    gen = model.build_input(request)
-    kwargs = {**dict(gen.chat_template_kwargs), "enable_thinking": False}  # template's empty think block
-    req = dataclasses.replace(gen, chat_template_kwargs=kwargs, max_new_tokens=1)
-    return FastSpec(ScoreRequest(req, candidates=("SAFE", *FLEXGUARD_CODES)), read=_read_flexguard)
-
-
-_SPECS: dict[str, Callable[[GuardModel, GuardRequest], FastSpec]] = {
-    "reasoningshield": reasoningshield_spec,
-    "guardreasoner": guardreasoner_spec,
-    "flexguard": flexguard_spec,
-}
-
 
 def spec_for(model: GuardModel, request: GuardRequest) -> FastSpec:
-    """The fast-scoring spec of ``model`` (by family) for ``request``."""
-    fn = getattr(model, "fast_spec", None)
-    if fn is not None:
-        return fn(request)
-    try:
-        return _SPECS[model.family](model, request)
-    except KeyError:
-        raise NotImplementedError(f"no fast scoring for guard family {model.family!r}") from None
+    """The fast-scoring spec of ``model`` for ``request`` (the family's ``fast_spec``). Raises
+    NotImplementedError for a family without one."""
+    return model.fast_spec(request)
+
+
+# Kept for callers of the per-family functions that lived here before the specs moved into the
+# family files.
+def reasoningshield_spec(model: GuardModel, request: GuardRequest) -> FastSpec:
+    return model.fast_spec(request)
+
+
+guardreasoner_spec = flexguard_spec = reasoningshield_spec
+
+
+def engine_renders_locally(engine: Any) -> bool:
+    """True for engines that render the prompt text themselves (TransformersEngine, scripted test
+    engines), so a forced prefix can follow the rendered text verbatim (``FastSpec.raw_prefix``)."""
+    from .engines.scripted import ScriptedEngine
+
+    inner = getattr(engine, "inner", engine)
+    return callable(getattr(inner, "request_ids", None)) or isinstance(inner, ScriptedEngine)
+
+
+def _raw_prefix_problem(model: GuardModel, specs: Sequence[FastSpec], engine: Any) -> str | None:
+    if any(sp.raw_prefix for sp in specs) and not engine_renders_locally(engine):
+        return (f"{model.family} fast scoring forces text right after the rendered prompt, which "
+                f"{getattr(engine, 'name', type(engine).__name__)} cannot send (a continued assistant "
+                "message would become part of the judged conversation); use the transformers engine")
+    return None
 
 
 def to_verdict(model: GuardModel, reading: FastReading, stage: Stage, *, min_mass: float = MIN_MASS) -> Verdict:
@@ -295,6 +172,9 @@ async def run_scored(guard: Guard, name: str, request: GuardRequest) -> list[Ver
     except Exception as exc:
         log.exception("guard %s could not build its fast-score input", name)
         return [guard._failure(name, request.stage, FailureKind.BAD_INPUT, repr(exc))]
+    problem = _raw_prefix_problem(model, specs, engine)
+    if problem:  # e.g. Guard(engine=OpenAIEngine(...)) overriding a transformers config
+        return [guard._failure(name, request.stage, FailureKind.ENGINE_ERROR, problem)]
 
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -355,6 +235,9 @@ async def score_texts(
 ) -> list[Verdict]:
     """Fast-score GuardRequests straight on an engine (no Guard, no windowing): benches and evals."""
     specs = [spec_for(model, r) for r in requests]
+    problem = _raw_prefix_problem(model, specs, engine)
+    if problem:
+        raise ValueError(problem)
     pre_idx = [i for i, sp in enumerate(specs) if sp.pre is not None]
     if pre_idx:
         texts = await engine.generate([specs[i].pre for i in pre_idx], timeout=timeout)
@@ -366,6 +249,12 @@ async def score_texts(
 
 __all__ = [
     "FAST_NOTE",
+    "FLEXGUARD_CODES",
+    "GUARDREASONER_LABELS",
+    "GUARDREASONER_PREFIX",
+    "REASONINGSHIELD_PREFIX",
+    "ScoreResult",
+    "engine_renders_locally",
     "FastReading",
     "FastSpec",
     "MIN_MASS",

@@ -7,6 +7,7 @@ messages that the engine renders with the guard's own chat template (ReasoningSh
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,14 +69,25 @@ class Engine(Protocol):
 def render_plain(request: GenerationRequest) -> str:
     """A template-free rendering for engines without a tokenizer (the scripted engine, logs).
 
-    Chat turns become ``<|role|>\\ncontent`` blocks; this is only ever shown to test responders and
-    humans, never to a real model.
+    Chat turns become ``<|role|>\\ncontent`` blocks (typed text parts joined), preceded by the chat
+    template kwargs when there are any: guards whose templates build the whole prompt (Qwen3Guard,
+    ShieldGemma, Granite Guardian) differ only there. This is only ever shown to test responders
+    and humans, never to a real model.
     """
     if request.prompt is not None:
         return request.prompt + request.assistant_prefix
-    parts = [f"<|{m['role']}|>\n{m['content']}" for m in request.messages or ()]
+    parts = [f"<|{m['role']}|>\n{_plain_content(m.get('content'))}" for m in request.messages or ()]
+    if request.chat_template_kwargs:
+        kwargs = json.dumps(dict(request.chat_template_kwargs), sort_keys=True, default=str, ensure_ascii=False)
+        parts.insert(0, "<|template_kwargs|>\n" + kwargs)
     parts.append("<|assistant|>\n" + request.assistant_prefix)
     return "\n".join(parts)
+
+
+def _plain_content(content: Any) -> str:
+    if isinstance(content, list):  # typed parts: their texts, in order
+        return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return str(content)
 
 
 # Chat-template control strings of the guard families (Llama-3 "<|eot_id|>", Qwen "<|im_end|>",

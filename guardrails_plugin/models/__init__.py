@@ -1,38 +1,40 @@
-"""Guard model adapters (prompt building and output parsing, one module per family) and a registry
-that maps a family or model name from the configuration to its adapter class."""
+"""Guard model adapters (prompt building, output parsing, categories and fast-scoring spec, one
+module per family) and the registry that maps a family, preset or model name to its adapter class.
+
+Each family module registers its class on import (models/base.py); importing them all here is
+what makes a family known to config validation, the CLI and the runner (models/registry.py).
+"""
 
 from __future__ import annotations
 
-from ..errors import GuardConfigError
 from .base import GuardModel
 from .flexguard import FlexGuard
+from .graniteguardian import GraniteGuardian
 from .guardreasoner import GuardReasoner
+from .llamaguard3 import LlamaGuard3
+from .llamaguard4 import LlamaGuard4
+from .qwen3guard import Qwen3Guard
 from .reasoningshield import ReasoningShield
+from .registry import families, family_names, get_model_class, presets, resolve
+from .shieldgemma import ShieldGemma
 
-MODEL_CLASSES: tuple[type[GuardModel], ...] = (ReasoningShield, GuardReasoner, FlexGuard)
-
-
-def get_model_class(family_or_name: str) -> type[GuardModel]:
-    """The adapter class for a family ("guardreasoner"), a model name ("GuardReasoner-8B") or a
-    hub id ("yueliu1999/GuardReasoner-8B"); case-insensitive. Raises GuardConfigError if unknown."""
-    if not isinstance(family_or_name, str) or not family_or_name.strip():
-        raise GuardConfigError(f"guard model name must be a non-empty string, got {family_or_name!r}")
-    key = family_or_name.strip().lower()
-    # A local folder or hub id names the model by its last path part ("org/Name-1B" -> "name-1b").
-    base = key.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    for cls in MODEL_CLASSES:
-        hub_ids = {cls.default_model_id.lower(), *(v.lower() for v in cls.variants.values())}
-        if key in hub_ids or base == cls.family or base.startswith((cls.family + "-", cls.family + "_")):
-            return cls
-    known = ", ".join(cls.family for cls in MODEL_CLASSES)
-    raise GuardConfigError(f"unknown guard model {family_or_name!r} (known families: {known})")
-
+#: every registered adapter class (kept for callers of the old tuple)
+MODEL_CLASSES: tuple[type[GuardModel], ...] = tuple(families().values())
 
 __all__ = [
     "GuardModel",
     "ReasoningShield",
     "GuardReasoner",
     "FlexGuard",
+    "LlamaGuard3",
+    "LlamaGuard4",
+    "Qwen3Guard",
+    "GraniteGuardian",
+    "ShieldGemma",
     "MODEL_CLASSES",
+    "families",
+    "family_names",
     "get_model_class",
+    "presets",
+    "resolve",
 ]

@@ -3,22 +3,34 @@
 Adapters know prompts and output formats and nothing about how tokens are produced (engines/).
 ``parse`` never raises: malformed output gives ``parse_ok=False`` with a reason, so the policy can
 apply the stage's fail mode.
+
+A family is one file: a ``GuardModel`` subclass with a ``family`` name registers itself here when
+its module is imported (``guardrails_plugin.models`` imports them all); config validation, the CLI
+and the fast-scoring runner look families up in that registry (models/registry.py).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..engines.base import GenerationRequest
+from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
+
+if TYPE_CHECKING:
+    from .fast import FastSpec
 
 #: what a forged field line gets in front of it: a quote mark, so the guard still reads the words
 QUOTE = "> "
+
+#: family name -> adapter class, filled by GuardModel.__init_subclass__ (one entry per family file)
+FAMILIES: dict[str, type[GuardModel]] = {}
 
 
 @cache
@@ -45,19 +57,63 @@ def neutralize_fields(text: str, markers: Sequence[str]) -> str:
     return _field_line(tuple(markers)).sub(QUOTE, text)
 
 
+def judged_text(request: GuardRequest) -> str:
+    """What the guard judges as the assistant's message: the answer, or the reasoning trace (every
+    new family judges a trace as the assistant turn, as Qwen3Guard's authors evaluate thinking)."""
+    if request.stage is Stage.REASONING:
+        return request.reasoning or ""
+    return request.response or ""
+
+
+def read_chat_template(model_dir: str | Path | None) -> str | None:
+    """The chat template shipped in a local model folder (tokenizer_config.json, chat_template.jinja
+    or a processor's chat_template.json), or None. Used to tell variants apart whose templates want
+    different message shapes (Llama Guard 3 1B vs 8B)."""
+    if model_dir is None:
+        return None
+    d = Path(model_dir)
+    jinja = d / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    for fname in ("tokenizer_config.json", "chat_template.json"):
+        p = d / fname
+        if not p.is_file():
+            continue
+        try:
+            tpl = json.loads(p.read_text(encoding="utf-8")).get("chat_template")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(tpl, list):  # [{"name": "default", "template": ...}, ...]
+            tpl = next((t.get("template") for t in tpl if isinstance(t, dict) and t.get("name") == "default"), None)
+        if isinstance(tpl, str):
+            return tpl
+    return None
+
+
 class GuardModel(ABC):
     """Base class of the per-family adapters."""
 
     family: ClassVar[str]
     #: hub id used when the config names no local folder
     default_model_id: ClassVar[str]
-    #: sizes the family ships, name suffix -> hub id
+    #: sizes the family ships, name suffix -> hub id (the hub ids' last parts are CLI presets)
     variants: ClassVar[dict[str, str]] = {}
     default_max_new_tokens: ClassVar[int] = 1024
     #: stages this family can judge
     stages: ClassVar[frozenset[Stage]] = frozenset(Stage)
     #: what canned_output writes where a format has room for words: never mistaken for a guard
     canned_note: ClassVar[str] = "scripted try-out answer (ScriptedEngine.from_rules), not a guard judgement"
+    #: per-model settings the family accepts (config ``options:``), with their defaults
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fam = cls.__dict__.get("family")
+        if isinstance(fam, str):
+            other = FAMILIES.get(fam)
+            if other is not None and other.__qualname__ != cls.__qualname__:
+                raise TypeError(f"guard family {fam!r} registered twice ({other.__name__}, {cls.__name__})")
+            FAMILIES[fam] = cls
 
     def __init__(
         self,
@@ -65,14 +121,71 @@ class GuardModel(ABC):
         *,
         model_dir: str | Path | None = None,
         max_new_tokens: int | None = None,
+        model_id: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ):
         self.name = name or self.default_name()
         self.model_dir = Path(model_dir) if model_dir else None
+        #: the configured hub id or folder (None: the family default); variants are read from it
+        self.model_id = model_id or (str(model_dir) if model_dir else None)
+        self.options: dict[str, Any] = self.check_options(options or {})
         self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
 
     @classmethod
     def default_name(cls) -> str:
         return cls.default_model_id.rsplit("/", 1)[-1]
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        mc: Any,
+        *,
+        mode: str = "full",
+        model_dir: str | Path | None = None,
+        max_new_tokens: int | None = None,
+    ) -> GuardModel:
+        """The adapter for configured guard model ``name`` (a GuardModelConfig ``mc``). Raises
+        GuardConfigError when ``mode`` is fast/cascade and this model cannot be fast-scored on its
+        configured engine: a configuration mistake is reported when the Guard is built, never as
+        a fail-mode verdict per check."""
+        model = cls(
+            name,
+            model_dir=model_dir,
+            max_new_tokens=max_new_tokens if max_new_tokens is not None else getattr(mc, "max_new_tokens", None),
+            model_id=getattr(mc, "model", None),
+            options=getattr(mc, "options", None) or {},
+        )
+        if mode in ("fast", "cascade"):
+            problem = model.fast_scoring_problem(getattr(mc, "engine", "transformers"))
+            if problem:
+                raise GuardConfigError(f"guard model {name!r} ({cls.family}): mode {mode!r} needs fast scoring, "
+                                       f"but {problem}. Use mode 'full' for this guard.")
+        return model
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` merged over the defaults; GuardConfigError on names the family does not know.
+        Families override this to validate values (and call it for the names)."""
+        if not isinstance(options, Mapping):
+            raise GuardConfigError(f"{cls.family}: options must be a mapping, got {type(options).__name__}")
+        unknown = sorted(set(options) - set(cls.option_defaults))
+        if unknown:
+            known = ", ".join(sorted(cls.option_defaults)) or "none"
+            raise GuardConfigError(f"{cls.family}: unknown option(s) {', '.join(unknown)} (known: {known})")
+        return {**cls.option_defaults, **options}
+
+    def variant(self) -> str | None:
+        """The ``variants`` key this model is (matched in the configured id or folder, then the
+        guard's name), or None when neither says."""
+        for ref in (self.model_id, self.name):
+            if not ref:
+                continue
+            base = ref.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].lower()
+            for key, hub in sorted(self.variants.items(), key=lambda kv: -len(kv[0])):
+                if base == hub.rsplit("/", 1)[-1].lower() or base.endswith("-" + key.lower()):
+                    return key
+        return None
 
     @abstractmethod
     def build_input(self, request: GuardRequest) -> GenerationRequest:
@@ -94,12 +207,17 @@ class GuardModel(ABC):
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
         """Family-specific parsing of a completion (may raise; ``parse`` contains it)."""
 
-    def fast_spec(self, request: GuardRequest) -> Any:
+    def fast_spec(self, request: GuardRequest) -> FastSpec:
         """The fast-scoring spec (one forward pass, verdict read from next-token probabilities;
-        see guardrails_plugin/scoring.py). Opt-in; accuracy against full generation not measured."""
-        from .. import scoring
+        see guardrails_plugin/scoring.py). Families that have one override this."""
+        raise NotImplementedError(f"no fast scoring for guard family {self.family!r}")
 
-        return getattr(scoring, f"{self.family}_spec")(self, request)
+    def fast_scoring_problem(self, engine: str = "transformers") -> str | None:
+        """Why this model cannot be fast-scored on an engine of kind ``engine`` ("transformers",
+        "openai"), or None when it can."""
+        if type(self).fast_spec is GuardModel.fast_spec:
+            return f"the {self.family} family has no fast-scoring spec"
+        return None
 
     def canned_output(
         self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()

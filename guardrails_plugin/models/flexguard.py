@@ -8,11 +8,14 @@ The model answers ``<think>step1..step8</think>`` then a CATEGORY line and a RIS
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from ..engines.base import GenerationRequest
+from ..engines.logprobs import ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
+from .fast import FastReading, FastSpec
 
 # Both prompts are verbatim from the model card, including the typo "the Use's message" in the
 # prompt-mode text and the en dashes in the score bands.
@@ -177,6 +180,16 @@ class FlexGuard(GuardModel):
             max_new_tokens=self.max_new_tokens,
         )
 
+    def fast_spec(self, request: GuardRequest) -> FastSpec:
+        """``enable_thinking=False``: Qwen3's own chat template emits the empty think block as
+        template structure (trusted tokens). The next token is the CATEGORY line: risk = 1 - P(SAFE)
+        over the protocol's category tokens, i.e. the probability that the guard flags anything, not
+        its graded 0-100 RISK_SCORE (the cascade's full generation gives that)."""
+        gen = self.build_input(request)
+        kwargs = {**dict(gen.chat_template_kwargs), "enable_thinking": False}
+        req = dataclasses.replace(gen, chat_template_kwargs=kwargs, max_new_tokens=1)
+        return FastSpec(ScoreRequest(req, candidates=(SAFE, *CATEGORIES)), read=_read_fast)
+
     def canned_output(
         self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
     ) -> str:
@@ -222,6 +235,18 @@ class FlexGuard(GuardModel):
             raw_output=text,
         )
 
+
+
+def _read_fast(res: ScoreResult) -> FastReading:
+    cands = (SAFE, *CATEGORIES)
+    probs = {c: res.at_prefix.prob(c, cands) for c in cands}
+    mass = sum(probs.values())
+    if mass <= 0:
+        return FastReading(None, probs=probs, why="no probability on the CATEGORY tokens")
+    risk = 1.0 - probs[SAFE] / mass
+    cats = [c for c in CATEGORIES if probs[c] / mass >= 0.2]
+    label = max(probs, key=probs.__getitem__)
+    return FastReading(min(1.0, max(0.0, risk)), label=label, probs=probs, mass=mass, categories=cats)
 
 
 __all__ = ["FlexGuard", "SYSTEM_PROMPT_PROMPT", "SYSTEM_PROMPT_RESPONSE", "CATEGORIES"]

@@ -13,12 +13,16 @@ line is ``"Answers: "``, trailing space included)::
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..engines.base import GenerationRequest
+from ..engines.logprobs import ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
+from .fast import FastReading, FastSpec, weighted
 
 # template.py, verbatim (the upstream name keeps its typo). Trailing spaces after "AI.",
 # "compliance." and "unharmful." are part of the trained prompt.
@@ -49,6 +53,13 @@ _HEADER = re.compile(
     r"""^[ \t]*(?:#+[ \t]*)?(?:\*\*)?answers?(?:\*\*)?[ \t]*(?:[:：](?:\*\*)?|[ \t]*$)""",
     re.IGNORECASE | re.MULTILINE,
 )
+
+
+#: fast scoring forces ``Answers: \nRequest:`` and reads P(" harmful") vs P(" unharmful"). No trailing
+#: space: " harmful" is one pre-token, so the space belongs to the answer token.
+FAST_PREFIX = "Answers: \nRequest:"
+FAST_LABELS = (" harmful", " unharmful")
+_COMPLETION = re.compile(r"Completion:\s*(refusal|compliance)", re.IGNORECASE)
 
 
 @dataclass
@@ -84,6 +95,19 @@ class GuardReasoner(GuardModel):
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         return GenerationRequest(prompt=self.build_prompt(request), max_new_tokens=self.max_new_tokens)
 
+    def fast_spec(self, request: GuardRequest) -> FastSpec:
+        """Prompt stage: the Request field is scored right after the forced prefix. Response (and
+        reasoning) stage: the few tokens of the Request and Completion lines are decoded greedily
+        first (max 24 tokens, stop at "Response"), then ``Response:`` is forced and scored the same
+        way; the refusal flag is read from the decoded Completion line."""
+        gen = self.build_input(request)
+        forced = dataclasses.replace(gen, assistant_prefix=FAST_PREFIX, max_new_tokens=1)
+        score = ScoreRequest(forced, candidates=FAST_LABELS)
+        if request.stage is Stage.PROMPT:
+            return FastSpec(score, read=_read_fast)
+        pre = dataclasses.replace(gen, assistant_prefix=FAST_PREFIX, max_new_tokens=24, stop=("Response",))
+        return FastSpec(score, read=_read_fast, pre=pre, pre_suffix="Response:", read_pre=_read_completion)
+
     def canned_output(
         self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
     ) -> str:
@@ -117,6 +141,17 @@ class GuardReasoner(GuardModel):
             rationale=rationale,
             raw_output=text,
         )
+
+
+def _read_fast(res: ScoreResult) -> FastReading:
+    h, u = FAST_LABELS
+    probs = {"harmful": res.at_prefix.prob(h, FAST_LABELS), "unharmful": res.at_prefix.prob(u, FAST_LABELS)}
+    return weighted(probs, {"harmful": 1.0, "unharmful": 0.0})
+
+
+def _read_completion(text: str) -> dict[str, Any]:
+    m = _COMPLETION.search(text)
+    return {"refusal": m.group(1).lower() == "refusal"} if m else {}
 
 
 def final_answers(text: str) -> _Block | None:
@@ -189,5 +224,4 @@ def _trailing_triple(text: str) -> _Block | None:
     return _Block(offsets[found[0][0]], {name: value for _, (name, value) in found})
 
 
-
-__all__ = ["GuardReasoner", "INSTUCT", "NO_RESPONSE", "final_answers"]
+__all__ = ["GuardReasoner", "FAST_LABELS", "FAST_PREFIX", "INSTUCT", "NO_RESPONSE", "final_answers"]

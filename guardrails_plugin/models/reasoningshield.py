@@ -7,14 +7,17 @@ tokenizer's own chat template. The model answers ``"Analysis": ...`` then ``"Jud
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cache, cached_property
 from importlib import resources
 
 from ..engines.base import GenerationRequest
+from ..engines.logprobs import ScoreRequest, ScoreResult
 from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
+from .fast import FastReading, FastSpec, weighted
 
 PROMPT_FILENAME = "reasoningshield_prompt.txt"
 #: field markers of the user turn (see models.base.neutralize_fields)
@@ -33,6 +36,12 @@ _ANALYSIS = re.compile(r"""(?:\*\*|__)?["'“”‘’]?analysis["'“”‘’]
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 # Judgment level -> (risk, canonical label)
 _LEVELS: dict[float, tuple[float, str]] = {0.0: (0.0, "0"), 0.5: (0.5, "0.5"), 1.0: (1.0, "1")}
+
+#: fast scoring forces the answer up to the judgment value. Trailing space: Llama-3's pre-tokenizer
+#: splits ``": 1"`` into ``":``, `` ``, ``1``, so the digit is the next token. No forced
+#: ``"Analysis": ``: an empty analysis is text the model conditions on (it reads as "nothing to
+#: analyse" and biases towards 0).
+FAST_PREFIX = '"Judgment": '
 
 
 @cache
@@ -91,6 +100,15 @@ class ReasoningShield(GuardModel):
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         return super().unparseable(text, stage or Stage.REASONING, why)
 
+    def fast_spec(self, request: GuardRequest) -> FastSpec:
+        """Risk = (P(1) + 0.5 P(0.5)) / (P(1) + P(0) + P(0.5)); P(0.5) = P("0") P("." | "0") is read
+        in the same forward pass by teacher-forcing the probe "0" after the prefix."""
+        gen = self.build_input(request)
+        req = dataclasses.replace(gen, assistant_prefix=FAST_PREFIX, max_new_tokens=1)
+        return FastSpec(
+            ScoreRequest(req, candidates=("0", "1"), probe="0", probe_candidates=(".",)), read=_read_fast
+        )
+
     def canned_output(
         self, stage: Stage, *, harmful: bool, risk: float, categories: list[str] | tuple[str, ...] = ()
     ) -> str:
@@ -121,6 +139,15 @@ class ReasoningShield(GuardModel):
         )
 
 
+def _read_fast(res: ScoreResult) -> FastReading:
+    cands = ("0", "1")
+    p1 = res.at_prefix.prob("1", cands)
+    p0x = res.at_prefix.prob("0", cands)
+    q = res.after_probe.prob(".", (".",)) if res.after_probe is not None else 0.0
+    probs = {"0": p0x * (1.0 - q), "0.5": p0x * q, "1": p1}
+    return weighted(probs, {"0": 0.0, "0.5": 0.5, "1": 1.0})
+
+
 def _analysis(text: str, end: int) -> str | None:
     """The Analysis text before the judgment (everything before it when there is no key)."""
     head = text[:end]
@@ -131,5 +158,4 @@ def _analysis(text: str, end: int) -> str | None:
     return body or None
 
 
-
-__all__ = ["ReasoningShield", "PROMPT_FILENAME", "builtin_prompt"]
+__all__ = ["ReasoningShield", "FAST_PREFIX", "PROMPT_FILENAME", "builtin_prompt"]
