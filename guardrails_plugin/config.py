@@ -48,6 +48,11 @@ class GuardModelConfig(BaseModel):
     model: str | None = Field(
         None, description="Hub id or local folder; defaults to the family's 1B/8B hub id."
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Family settings, checked by the family (Granite Guardian criteria / think, "
+        "ShieldGemma guideline, Qwen3Guard controversial_risk, Llama Guard excluded_categories).",
+    )
     engine: EngineKind = "transformers"
     base_url: str | list[str] | None = Field(None, description="OpenAI-compatible server(s).")
     served_model_name: str | None = Field(None, description="Model name the server expects.")
@@ -80,6 +85,10 @@ class GuardModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GuardModelConfig:
+        try:  # the family knows its options
+            get_model_class(self.family).check_options(self.options)
+        except GuardConfigError as exc:
+            raise ValueError(str(exc)) from None
         if self.engine == "openai" and not self.base_url:
             raise ValueError("engine 'openai' needs base_url")
         if self.window_overlap_chars >= self.max_input_chars:

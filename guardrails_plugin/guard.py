@@ -108,7 +108,10 @@ class Guard:
             max_new = mc.max_new_tokens
             if max_new is None and model_dir is not None and (Path(model_dir) / "tiny_model.json").is_file():
                 max_new = TINY_MAX_NEW_TOKENS
-            self._models[name] = cls(name, model_dir=model_dir, max_new_tokens=max_new)
+            # from_config: model id, family options, and a GuardConfigError now (not per check) when
+            # mode fast/cascade meets a family without a fast-scoring spec for this engine
+            self._models[name] = cls.from_config(name, mc, mode=self.config.mode, model_dir=model_dir,
+                                                 max_new_tokens=max_new)
         return self._models[name]
 
     def engine(self, name: str, *, download: bool = False) -> Engine:
