@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,8 +19,9 @@ from .audit import Auditor, AuditWriteError, auditor_from_config
 from .circuit import BreakerEngine, CircuitBreaker
 from .config import GuardConfig, GuardModelConfig, find_model
 from .content import normalize_text
-from .engines import Engine, build_engine, engine_key
+from .engines import Engine, build_engine, describe_engine, engine_key
 from .errors import GuardConfigError, GuardEngineError, GuardInputError, GuardTimeoutError
+from .explain import explain_failure
 from .models import GuardModel, get_model_class
 from .policy import Policy
 from .runtime import LoopThread, default_loop, we_are_cancelled
@@ -38,13 +38,6 @@ DecisionHook = Callable[[GuardRequest, Decision], None]
 #: generation cap for tiny random test models (guardrails_plugin.testing writes tiny_model.json):
 #: their completions are gibberish, so 1,024 tokens of it only cost time (~18 s per CLI check)
 TINY_MAX_NEW_TOKENS = 32
-#: URLs in engine errors (internal hosts, ports) are cut from what callers and clients see
-_URL = re.compile(r"\b([a-z][a-z0-9+.-]*)://[^\s'\"<>)\]]+", re.IGNORECASE)
-
-
-def redact_urls(text: str | None) -> str | None:
-    """``text`` with every URL replaced by ``<scheme-url>``; the logs keep the original."""
-    return _URL.sub(lambda m: f"<{m.group(1).lower()}-url>", text) if text else text
 
 
 class Guard:
@@ -370,35 +363,20 @@ class Guard:
         return request.model_copy(update={"prompt": clip_context(request.prompt, budget)})
 
     def _explain_failure(self, request: GuardRequest, decision: Decision) -> Decision:
-        """Log the errors behind a fail-mode decision once, in full (request id, guard, engine),
-        and return the decision with URLs cut from what callers and clients see."""
-        failed = [v for v in decision.verdicts if not v.ok]
-        seen = dict.fromkeys(
-            (v.guard, str(v.failure), v.parse_error or "no verdict", v.raw_output[:200]) for v in failed
-        )
-        why = "; ".join(
-            f"guard={g} engine={self._engine_desc(g)} {kind}: {err}" + (f" (output: {out!r})" if out else "")
-            for g, kind, err, out in seen
-        )
-        log.warning(
-            "guardrails-plugin fail-%s: %s check -> %s (%s) request_id=%s: %s",
-            self.config.fail_mode_for(request.stage), request.stage, decision.action, decision.reason,
-            decision.request_id, why or "no verdict",
-        )
-        verdicts = [v if v.ok else v.model_copy(update={"parse_error": redact_urls(v.parse_error)})
-                    for v in decision.verdicts]
-        return decision.model_copy(update={"detail": redact_urls(decision.detail), "verdicts": verdicts})
+        """Log the errors behind a fail-mode decision once, in full (explain.py), and return the
+        decision with URLs cut from what callers and clients see."""
+        line, shown = explain_failure(decision, self.config.fail_mode_for(request.stage), self._engine_desc)
+        log.warning("%s", line)
+        return shown
 
     def _engine_desc(self, name: str) -> str:
-        """The engine of guard ``name`` for logs: kind, URLs or weights, served model (no key)."""
         if self._engine_override is not None:
             return str(getattr(self._engine_override, "name", type(self._engine_override).__name__))
-        try:
+        try:  # a log line must never raise
             model = self.model(name)
+            return describe_engine(self.config.models[model.name], model)
         except GuardConfigError:
             return "?"
-        key = engine_key(self.config.models[model.name], model)
-        return f"openai {','.join(key[1])} model={key[2]}" if key[0] == "openai" else f"transformers {key[1]}"
 
     def _engine_failure(self, name: str, stage: Stage, exc: BaseException, timeout_s: float) -> list[Verdict]:
         """The failure verdict for an exception out of an engine call (generate or score)."""

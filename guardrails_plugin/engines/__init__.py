@@ -31,6 +31,7 @@ __all__ = [
     "ScriptedEngine",
     "TransformersEngine",
     "build_engine",
+    "describe_engine",
     "engine_key",
     "render_plain",
     "resolve_weights",
@@ -73,6 +74,12 @@ def engine_key(cfg: GuardModelConfig, model: GuardModel) -> tuple[Any, ...]:
         # sent with another guard's (the engine holds one Authorization header).
         return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model), cfg.api_key)
     return ("transformers", _model_ref(cfg, model), cfg.device, cfg.dtype)
+
+
+def describe_engine(cfg: GuardModelConfig, model: GuardModel) -> str:
+    """The engine for logs: kind, URLs or weights, served model name; never the API key."""
+    key = engine_key(cfg, model)
+    return f"openai {','.join(key[1])} model={key[2]}" if key[0] == "openai" else f"transformers {key[1]}"
 
 
 def hub_offline() -> bool:
