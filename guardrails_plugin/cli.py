@@ -50,10 +50,13 @@ class EngineChoice(str, Enum):
     openai = "openai"
 
 
-class Family(str, Enum):
-    guardreasoner = "guardreasoner"
-    reasoningshield = "reasoningshield"
-    flexguard = "flexguard"
+def _family_enum() -> type[Enum]:
+    from .models import family_names  # the adapter registry: a new family file needs no change here
+
+    return Enum("Family", {n: n for n in family_names()}, type=str)  # type: ignore[return-value]
+
+
+Family = _family_enum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,7 +379,10 @@ def _handle(fn: Any) -> Any:
 
 @app.command()
 def check(
-    stage: Stage = typer.Option(..., "--stage", "-s", case_sensitive=False, help="prompt | reasoning | response"),
+    text: str | None = typer.Argument(None, help="The text to check: the prompt, or with --stage reasoning / "
+                                      "response the trace / answer ('-': stdin)."),
+    stage: Stage = typer.Option(Stage.PROMPT, "--stage", "-s", case_sensitive=False,
+                                help="prompt (default) | reasoning | response"),
     prompt: str = typer.Option("", "--prompt", "--query", "-p", help="User text (the query for reasoning/"
                                "response checks); '-' reads stdin."),
     reasoning: str | None = typer.Option(None, "--reasoning", "-r", help="Chain of thought ('-': stdin)."),
@@ -392,7 +398,18 @@ def check(
         "the guard's name (GuardReasoner-1B, ReasoningShield-1B), as integrations/vllm/serve_guards.sh serves it."),
     scripted_responses: Path | None = ScriptedOpt,
 ) -> None:
-    """Check one text and print the Decision. Exit 0 allowed, 1 blocked, 2 usage/config error."""
+    """Check one text and print the Decision. Exit 0 allowed, 1 blocked, 2 usage/config error.
+    E.g. `guardrails-plugin check --model llama-guard-3-1b "How do I pick a lock?"`."""
+    if text is not None:  # the positional text is the judged text of the stage
+        slot = {Stage.PROMPT: prompt, Stage.REASONING: reasoning, Stage.RESPONSE: response}[stage]
+        if slot:
+            raise _fail(f"give the {stage} text once: as TEXT or as its option, not both")
+        if stage is Stage.PROMPT:
+            prompt = text
+        elif stage is Stage.REASONING:
+            reasoning = text
+        else:
+            response = text
     prompt_t, reasoning_t, response_t = _read_arg(prompt) or "", _read_arg(reasoning), _read_arg(response)
     if stage is Stage.PROMPT and not prompt_t:
         raise _fail("--stage prompt needs --prompt TEXT")
