@@ -90,8 +90,8 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 
 WEIGHTS_HINT = (
     "Get the weights on a machine with network access, e.g.\n"
-    "  huggingface-cli download yueliu1999/GuardReasoner-1B --local-dir models/GuardReasoner-1B\n"
-    "  huggingface-cli download ReasoningShield/ReasoningShield-1B --local-dir models/ReasoningShield-1B\n"
+    "  hf download yueliu1999/GuardReasoner-1B --local-dir models/GuardReasoner-1B\n"
+    "  hf download ReasoningShield/ReasoningShield-1B --local-dir models/ReasoningShield-1B\n"
     "then pass --model-dir models (a folder holding one folder per guard, or one model folder).\n"
     "HF_HUB_OFFLINE=1 forbids downloads; where network is allowed, unset it and transformers fetches\n"
     "the weights into the Hugging Face cache. To see the pipeline without weights: `guardrails-plugin demo --tiny`."

@@ -141,7 +141,7 @@ def test_check_without_weights_says_how_to_get_them(tmp_path: Path) -> None:
 def test_demo_without_weights_fails_clearly(tmp_path: Path) -> None:
     r = invoke(["demo"], HF_HOME=str(tmp_path / "hf"))
     assert r.exit_code == 2, r.output
-    assert "huggingface-cli download" in r.output and "HF_HUB_OFFLINE" in r.output
+    assert "hf download" in r.output and "HF_HUB_OFFLINE" in r.output
     assert "demo --tiny" in r.output and "Traceback" not in r.output
 
 

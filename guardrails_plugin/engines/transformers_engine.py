@@ -266,7 +266,7 @@ class TransformersEngine:
                 raise GuardConfigError(
                     f"{src!r} is not a local model folder and is not in the Hugging Face cache, and "
                     "HF_HUB_OFFLINE is set, so it cannot be downloaded. Download it where there is "
-                    f"network (e.g. `huggingface-cli download {src} --local-dir /models/NAME`) and pass "
+                    f"network (e.g. `hf download {src} --local-dir /models/NAME`) and pass "
                     "that folder: TransformersEngine('/models/NAME') (or set the guard's model to the "
                     "folder path in the config)."
                 ) from exc
