@@ -6,7 +6,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv sysdeps test mutations demo bench lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,8 +20,23 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-test: venv
+# System packages the tests use: Debian's Chromium + ChromeDriver for the review page's browser tests
+# (nothing downloads a browser). PostgreSQL 15 binaries are expected at /usr/lib/postgresql/15 (the
+# audit tests start a throwaway server on 127.0.0.1 themselves).
+sysdeps:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "sysdeps: run as root or: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi; \
+	fi
+
+test: venv sysdeps
 	$(BIN)/python -m pytest -q
+	$(MAKE) mutations
+
+# Break each safety property on purpose and prove a test notices (tests/mutations/).
+mutations: venv
+	$(BIN)/python tests/mutations/run_mutations.py
 
 demo: venv
 	$(BIN)/guardrails-plugin demo --tiny
