@@ -925,7 +925,7 @@ except ImportError:  # pragma: no cover - optional module
 # `review serve` (the review page) and `escalations export` (reviewed items as labelled data)
 from .review.cli import register as _register_review  # noqa: E402
 
-_register_review(app)
+_register_review(app, scripted_loader=load_scripted_engine)
 
 
 def _version(value: bool) -> None:

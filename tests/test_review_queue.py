@@ -70,7 +70,7 @@ def test_content_off_keeps_only_the_hash(tmp_path: Path) -> None:
     store = open_store(str(db))
     try:
         queue = ReviewQueue(store)
-        for esc in queue.list():
+        for esc in queue.find():
             v = queue.view(esc.id)
             assert esc.content is None and len(esc.content_sha256) == 64
             assert all("raw_output" not in vd and "rationale" not in vd for vd in v.verdicts)
@@ -85,20 +85,20 @@ def test_filters_and_context(tmp_path: Path, sink: str | None) -> None:
     store = open_store(str(db))
     try:
         q = ReviewQueue(store)
-        assert [e.stage for e in q.list()] == ["reasoning", "response", "prompt"]  # newest first
-        assert [e.stage for e in q.list(stage="response")] == ["response"]
-        assert len(q.list(category="ILG")) == 3 and q.list(category="VIO") == []
+        assert [e.stage for e in q.find()] == ["reasoning", "response", "prompt"]  # newest first
+        assert [e.stage for e in q.find(stage="response")] == ["response"]
+        assert len(q.find(category="ILG")) == 3 and q.find(category="VIO") == []
         now = time.time()
-        assert len(q.list(age="lt1h", now=now)) == 3 and q.list(age="gt1h", now=now) == []
-        assert len(q.list(age="gt1h", now=now + 7200)) == 3
+        assert len(q.find(age="lt1h", now=now)) == 3 and q.find(age="gt1h", now=now) == []
+        assert len(q.find(age="gt1h", now=now + 7200)) == 3
         with pytest.raises(ReviewError):
-            q.list(age="ancient")
+            q.find(age="ancient")
         with pytest.raises(ValueError):
-            q.list(stage="tool")
-        resp = q.list(stage="response")[0]
+            q.find(stage="tool")
+        resp = q.find(stage="response")[0]
         v = q.view(resp.id)
         assert v.query == "the question" and [r.action for r in v.related] == ["allow"]
-        prompt = q.list(stage="prompt")[0]
+        prompt = q.find(stage="prompt")[0]
         assert q.view(prompt.id).metadata == {"user": "u1"}
         assert q.by_request("r-2").id == resp.id and q.by_request("nope") is None
         with pytest.raises(EscalationNotFound):
@@ -113,7 +113,7 @@ def test_decisions_edits_and_their_records(tmp_path: Path) -> None:
     store = open_store(str(db))
     try:
         q = ReviewQueue(store)
-        p, r, s = (q.list(stage=x)[0].id for x in ("prompt", "response", "reasoning"))
+        p, r, s = (q.find(stage=x)[0].id for x in ("prompt", "response", "reasoning"))
         with pytest.raises(GuardConfigError):
             q.edit(p, "ann", "anything")  # no guard: an edit could not be re-checked
         q = ReviewQueue(store, make_guard())
@@ -122,7 +122,7 @@ def test_decisions_edits_and_their_records(tmp_path: Path) -> None:
         # an edit the guard escalates again is not released and opens its own entry
         out = q.edit(p, "ann", f"{GREY_WORD} still grey")
         assert not out.released and out.decision.action is Action.ESCALATE
-        assert q.get(p).status == "pending" and len(q.list()) == 4
+        assert q.get(p).status == "pending" and len(q.find()) == 4
         out = q.edit(p, "ann", f"{HARM_WORD} worse")
         assert not out.released and out.decision.action is Action.BLOCK
         out = q.edit(p, "ann", "a harmless rewrite", "fixed")

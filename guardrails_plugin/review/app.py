@@ -191,7 +191,7 @@ def create_app(
                 or (age and age not in AGE_FILTERS):
             raise _Refused(400, "Bad filter", "Unknown status, stage or age filter.")
         now = time.time()
-        items = queue.list(status=None if status == "all" else status, stage=stage or None,
+        items = queue.find(status=None if status == "all" else status, stage=stage or None,
                            category=category or None, age=age or None, now=now)
         return render(request, "list.html", items=items, now=now, age_of=_age,
                       filters={"status": status, "stage": stage, "category": category, "age": age},

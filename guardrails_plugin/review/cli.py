@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ review_app = typer.Typer(name="review", help="The review page for escalations (a
 
 DbOption = typer.Option(None, "--db", envvar="GUARDRAILS_PLUGIN_AUDIT_DB",
                         help="Audit store (SQLite file, *.jsonl, or a database URL). Default: ./guardrails_audit.db")
+#: the main CLI's ``--scripted-responses`` loader, handed over by ``register`` (no import back into cli.py)
+_scripted_loader: Callable[[Path], Any] | None = None
 TOKEN_ENV = "GUARDRAILS_PLUGIN_REVIEW_TOKEN"
 SECRET_ENV = "GUARDRAILS_PLUGIN_REVIEW_SECRET"
 
@@ -60,9 +63,9 @@ def review_guard(config: Path, scripted: Path | None = None) -> Any:
     cfg = GuardConfig.from_yaml(config).model_copy(update={"audit": None, "notify": None})
     engine = None
     if scripted is not None:
-        from ..cli import load_scripted_engine
-
-        engine = load_scripted_engine(scripted)
+        if _scripted_loader is None:
+            raise GuardError("--scripted-responses needs the main CLI's loader (register())")
+        engine = _scripted_loader(scripted)
     return Guard(cfg, engine=engine)
 
 
@@ -161,8 +164,11 @@ def export_cmd(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer) -> None:
-    """Mount ``review`` on ``app`` and add ``export`` to its ``escalations`` group."""
+def register(app: typer.Typer, scripted_loader: Callable[[Path], Any] | None = None) -> None:
+    """Mount ``review`` on ``app`` and add ``export`` to its ``escalations`` group.
+    ``scripted_loader``: the CLI's test hook that turns a ``--scripted-responses`` file into an engine."""
+    global _scripted_loader
+    _scripted_loader = scripted_loader
     app.add_typer(review_app, name="review")
     for group in app.registered_groups:
         if group.name == "escalations" and group.typer_instance is not None:

@@ -100,7 +100,7 @@ class ReviewQueue:
         self.guard = guard
 
     # -- reading ---------------------------------------------------------------------------------
-    def list(
+    def find(
         self,
         *,
         status: str | None = "pending",
