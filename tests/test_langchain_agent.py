@@ -22,6 +22,7 @@ from langchain_support import (
     scripted_guard,
 )
 
+from guardrails_plugin import Stage
 from guardrails_plugin.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 from guardrails_plugin.langchain._common import META_KEY
 from guardrails_plugin.streaming import approx_tokens, extract_deltas
@@ -127,7 +128,7 @@ async def _astream_messages(agent, inp, config):
 
 
 def _assert_stopped(handler, model, turn, got_r, got_a, final, guard):
-    st = handler.last_run.reasoning.stats
+    st = handler.last_run.turn.stats(Stage.REASONING)
     assert st.aborted and st.abort_offset >= marker_end(turn["reasoning"])
     # the consumer never got a token past the blocking prefix plus the reported lag
     assert approx_tokens(got_r) <= st.abort_offset + st.detection_lag_tokens

@@ -34,7 +34,7 @@ def _model(turn, style, output_version=None):
 def _check_abort(handler, model, turn, got_reasoning, got_answer):
     run = handler.last_run
     assert run is not None and run.violation is not None
-    st = run.reasoning.stats
+    st = run.turn.stats(Stage.REASONING)
     assert st.aborted and st.abort_offset >= marker_end(turn["reasoning"])
     # Never a token past the blocking prefix plus the lag the monitor reports.
     assert approx_tokens(got_reasoning) <= st.abort_offset + st.detection_lag_tokens
@@ -141,8 +141,9 @@ async def test_benign_stream_passes_unchanged(style, output_version):
         got_r, got_a = got_r + r, got_a + a
     assert (got_r, got_a) == (turn["reasoning"], turn["answer"])
     run = sync_handler.last_run
-    assert run.violation is None and run.reasoning.stats.checks_run >= 2
-    assert run.reasoning.stats.tokens_checked == approx_tokens(turn["reasoning"])
+    st = run.turn.stats(Stage.REASONING)
+    assert run.violation is None and st.checks_run >= 2
+    assert st.tokens_checked == approx_tokens(turn["reasoning"])
 
     async_handler = AsyncGuardCallbackHandler(guard, check_every_tokens=8)
     msg = await model.ainvoke("q", config={"callbacks": [async_handler]})
@@ -212,8 +213,8 @@ def test_blocked_stream_frees_its_monitors():
             pass
     run = handler.last_run
     assert run is not None and run.violation is not None
-    # the aborted run's monitors dropped their pending checks and engine state (KV cache)
-    assert {run.reasoning.metadata["session_id"], run.answer.metadata["session_id"]} <= set(released)
+    # the aborted run's checks were dropped and their engine state (KV cache) freed
+    assert run.turn.tracks and {t.session_id for t in run.turn.tracks} <= set(released)
 
 
 def test_every_new_user_message_is_checked():

@@ -124,7 +124,7 @@ def test_stream_stops_on_harmful_reasoning_within_the_reported_lag(style):
     model = _model(turn, style)
     g = GuardedRunnable(model, guard, check_every_tokens=8)
     got_r, got_a, last = _collect(g.stream("q"))
-    st = g.last_stream.reasoning.stats
+    st = g.last_stream.stats(Stage.REASONING)
     assert st.aborted and st.abort_offset >= marker_end(turn["reasoning"])
     assert approx_tokens(got_r) <= st.abort_offset + st.detection_lag_tokens
     assert turn["reasoning"].startswith(got_r)
@@ -140,7 +140,7 @@ async def test_astream_with_reasoning_hold_back_leaks_nothing(style):
     model = _model(turn, style)
     g = GuardedRunnable(model, guard, check_every_tokens=8, hold_back_reasoning=True)
     got_r, got_a, _ = await _acollect(g.astream("q"))
-    st = g.last_stream.reasoning.stats
+    st = g.last_stream.stats(Stage.REASONING)
     assert st.aborted
     assert MARKER not in got_r and turn["reasoning"].startswith(got_r)
     assert approx_tokens(got_r) < st.abort_offset  # nothing past a blocking prefix, at all
@@ -157,9 +157,9 @@ def test_stream_holds_the_answer_until_checked(style):
     g = GuardedRunnable(model, guard, check_every_tokens=8)
     chunks = list(g.stream("q"))
     got_r, got_a, last = _collect(chunks)
-    st = g.last_stream.answer.stats
-    assert st.aborted and g.last_stream.decision.stage is Stage.RESPONSE
-    released = g.last_stream.released_answer
+    st = g.last_stream.stats(Stage.RESPONSE)
+    assert st.aborted and g.last_stream.stop.stage is Stage.RESPONSE
+    released = g.last_stream.released_text(Stage.RESPONSE)
     assert MARKER not in released and answer.startswith(released)
     assert approx_tokens(released) < st.abort_offset
     assert got_a == released + guard.config.refusal_message
@@ -190,7 +190,7 @@ async def test_benign_streams_are_byte_identical(style):
     g = GuardedRunnable(model, guard, check_every_tokens=8)
     got_r, got_a, _ = _collect(g.stream("q"))
     assert (got_r, got_a) == (turn["reasoning"], turn["answer"])
-    assert g.last_stream.decision is None and g.last_stream.answer.stats.checks_run >= 2
+    assert g.last_stream.stop is None and g.last_stream.stats(Stage.RESPONSE).checks_run >= 2
     got_r, got_a, _ = await _acollect(g.astream("q"))
     assert (got_r, got_a) == (turn["reasoning"], turn["answer"])
     # merged chunks make the same message the bare model makes
@@ -205,7 +205,7 @@ async def test_astream_redacted_answer_ends_with_the_redaction():
     model = _model(Turn("", f"a {MARKER} in short"), "reasoning_content")
     g = GuardedRunnable(model, guard, check_every_tokens=1000)
     _, got_a, _ = await _acollect(g.astream("q"))
-    d = g.last_stream.decision
+    d = g.last_stream.stop
     assert d is not None and d.action is Action.REDACT
     assert got_a == guard.config.redact_placeholder
 
@@ -220,7 +220,7 @@ async def test_answer_waits_for_the_reasoning_final_check(style):
     got_r, got_a, _ = await _acollect(g.astream("q"))
     assert got_r == turn["reasoning"]  # reasoning streams first (not held by default)
     assert got_a == guard.config.refusal_message  # not one answer token
-    assert g.last_stream.decision.stage is Stage.REASONING
+    assert g.last_stream.stop.stage is Stage.REASONING
     # Without the gate (and without answer hold-back) the answer streams before the verdict.
     ungated = GuardedRunnable(model, guard, check_every_tokens=1000, gate_answer=False, hold_back_answer=False)
     got_r, got_a, _ = _collect(ungated.stream("q"))

@@ -166,7 +166,7 @@ async def test_unreadable_prompt_does_not_break_the_answer_check():
     assert out.choices[0].message.content == "I can't help with that."
 
 
-async def test_blocked_stream_frees_its_monitors():
+async def test_blocked_stream_frees_its_monitors(monkeypatch):
     from litellm.types.utils import ModelResponseStream
 
     def chunk(delta: dict) -> ModelResponseStream:
@@ -177,18 +177,20 @@ async def test_blocked_stream_frees_its_monitors():
         for _ in range(5):
             yield chunk({"content": "word "})
 
+    from guardrails_plugin.stream import TurnRunner
+
     g = make()
-    created, released = [], []
-    monitor = g.guard.reasoning_monitor
+    runners, released = [], []
+    of = TurnRunner.of
 
     def spy(*args, **kwargs):
-        created.append(monitor(*args, **kwargs))
-        return created[-1]
+        runners.append(of(*args, **kwargs))
+        return runners[-1]
 
-    g.guard.reasoning_monitor = spy
+    monkeypatch.setattr(TurnRunner, "of", spy)
     g.guard.release_session = released.append
     data = {"messages": [{"role": "user", "content": "q"}], "model": "m"}
     out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(), data)]
     assert out[-1].choices[0].finish_reason == "content_filter"
-    assert created  # the reasoning monitor, and the answer's if the answer began before the block
-    assert {m.metadata["session_id"] for m in created} <= set(released)  # engine state freed
+    tracks = runners[0].turn.tracks  # the reasoning, and the answer's if it began before the block
+    assert tracks and {t.session_id for t in tracks} <= set(released)  # engine state freed

@@ -267,18 +267,16 @@ def test_check_in_flight_completes_after_the_verdict_is_applied():
 
 def test_close_returns_a_block_when_the_inflight_check_raised():
     guard, _ = scripted_guard(latency_s=0.0)
-    real = guard._acheck
 
     async def broken(req):
         await asyncio.sleep(0.05)
         raise RuntimeError("bug in a hook")
 
-    guard._acheck = broken  # type: ignore[method-assign]
+    guard.acheck = broken  # type: ignore[method-assign]  # what the monitor is handed as its check
     mon = guard.reasoning_monitor(query="q", check_every_tokens=4, check_paragraphs=False)
     for w in "a b c d e".split():
         mon.feed(w + " ")
     assert mon.check_in_flight is not None
-    guard._acheck = real  # type: ignore[method-assign]
     d = mon.close(timeout=10)  # before the fix: raised the in-flight check's RuntimeError
     assert d.blocked and "monitor_error" in d.reason
 

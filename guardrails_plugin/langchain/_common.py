@@ -1,135 +1,85 @@
-"""Helpers shared by the LangChain callback handler, runnable wrapper and agent middleware."""
+"""LangChain shapes shared by the callback handler, the Runnable wrapper and the agent middleware:
+reading prompts and outputs, and writing refusals and redactions back in the same shape."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.prompt_values import PromptValue
 
 from ..content import normalize_text
 from ..errors import GuardInputError
-from ..streaming import extract_deltas
+from ..stream import Part, parts_of
 from ..types import Decision
 
 _REASONING_KINDS = ("reasoning", "thinking")
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _INPUT_KEYS = ("input", "question", "query", "prompt", "messages")
+OUTPUT_KEYS = ("output", "answer", "text")
 
 #: response_metadata key marking messages written by this library (refusals, redactions)
 META_KEY = "guardrails_plugin"
 
 
-def _is_human(m: Any) -> bool:
-    if isinstance(m, HumanMessage):
-        return True
+def _role(m: Any) -> str | None:
     if isinstance(m, BaseMessage):
-        return m.type == "human"
+        return {"AIMessageChunk": "ai", "HumanMessageChunk": "human"}.get(m.type, m.type)
     if isinstance(m, Mapping):
-        return m.get("role") == "user" or m.get("type") == "human"
+        return {"user": "human", "assistant": "ai"}.get(m.get("role"), m.get("role") or m.get("type"))
     if isinstance(m, tuple) and len(m) == 2:
-        return m[0] in ("user", "human")
-    return False
-
-
-def _content_of(m: Any) -> Any:
-    if isinstance(m, BaseMessage):
-        return m.content
-    if isinstance(m, Mapping):
-        return m.get("content", "")
-    if isinstance(m, tuple) and len(m) == 2:
-        return m[1]
-    return m
-
-
-def _is_ai(m: Any) -> bool:
-    if isinstance(m, BaseMessage):
-        return m.type in ("ai", "AIMessageChunk")
-    if isinstance(m, Mapping):
-        return m.get("role") == "assistant" or m.get("type") == "ai"
-    if isinstance(m, tuple) and len(m) == 2:
-        return m[0] in ("assistant", "ai")
-    return False
-
-
-def _plain(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    try:
-        return normalize_text(content, what="message").value
-    except GuardInputError:
-        return str(content)  # still judged: odd content must not drop out of the check
-
-
-def turn_prompt(messages: Sequence[Any]) -> Any | None:
-    """What the user said since the last AI message: the newest user message's content, or the
-    texts of all of them when a caller appended several at once (the model reads every one, so
-    the prompt check must too). None if there is no user message after the last AI message."""
-    contents: list[Any] = []
-    for m in reversed(list(messages)):
-        if _is_ai(m):
-            break
-        if _is_human(m):
-            contents.append(_content_of(m))
-    if not contents:
-        return None
-    if len(contents) == 1:
-        return contents[0]
-    return "\n\n".join(_plain(c) for c in reversed(contents))
-
-
-def newest_human_content(messages: Sequence[Any]) -> Any | None:
-    """Content (str or content parts) of the newest user message, or None if there is none."""
-    for m in reversed(list(messages)):
-        if _is_human(m):
-            return _content_of(m)
+        return {"user": "human", "assistant": "ai"}.get(m[0], m[0])
     return None
 
 
+def turn_prompt(messages: Sequence[Any]) -> list[Any] | None:
+    """The user messages since the last AI message (a caller may append several at once, and the
+    model reads every one, so the prompt check must too); None if there are none. Tuples
+    ``("user", text)`` become their text."""
+    turn: list[Any] = []
+    for m in reversed(list(messages)):
+        role = _role(m)
+        if role == "ai":
+            break
+        if role == "human":
+            turn.append(m[1] if isinstance(m, tuple) else m)
+    return turn[::-1] or None
+
+
+def query_of(messages: Sequence[Any]) -> str:
+    """The newest user message as text: the query of reasoning and answer checks ("" if none or
+    unreadable: the answer is still judged, without its query)."""
+    for m in reversed(list(messages)):
+        if _role(m) == "human":
+            try:
+                return normalize_text(m[1] if isinstance(m, tuple) else m, what="query").value
+            except GuardInputError:
+                return ""
+    return ""
+
+
 def prompt_of(value: Any, input_key: str | None = None) -> Any:
-    """The user text in a Runnable input: a string, a PromptValue, a message list, or a dict.
-
-    Message lists give what the user said since the last AI message (earlier turns were checked
-    when they were new);
-    dicts give ``input_key`` or the first of the usual keys."""
-    if isinstance(value, str):
-        return value
+    """The user input of a Runnable call: a string, a PromptValue, messages, or a dict (its
+    ``input_key`` or the first of the usual keys). Message lists give the current user turn."""
     if isinstance(value, PromptValue):
-        msgs = value.to_messages()
-        found = turn_prompt(msgs)
-        return found if found is not None else value.to_string()
-    if isinstance(value, BaseMessage):
-        return value.content
+        return turn_prompt(value.to_messages()) or value.to_string()
     if isinstance(value, Mapping):
-        if input_key is not None:
-            return prompt_of(value[input_key])
-        for key in _INPUT_KEYS:
-            if key in value:
-                return prompt_of(value[key])
-        return "\n".join(str(v) for v in value.values() if isinstance(v, str))
-    if isinstance(value, Sequence):
-        found = turn_prompt(value)
-        return found if found is not None else ""
-    return str(value)
+        key = input_key or next((k for k in _INPUT_KEYS if k in value), None)
+        if key is None:
+            return "\n".join(str(v) for v in value.values() if isinstance(v, str))
+        return prompt_of(value[key])
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return turn_prompt(value) or ""
+    return value
 
 
-def split_output(value: Any, output_key: str | None = None) -> tuple[str, str]:
-    """``(reasoning, answer)`` text of a Runnable output or stream chunk."""
-    if isinstance(value, str):
-        return "", value
-    if isinstance(value, Mapping) and not _looks_like_message_dict(value):
-        key = output_key or next((k for k in ("output", "answer", "text") if k in value), None)
-        return split_output(value[key]) if key is not None else ("", "")
-    return extract_deltas(value)
-
-
-def _looks_like_message_dict(value: Mapping[str, Any]) -> bool:
-    return "content" in value or "choices" in value or "delta" in value
-
-
-def has_reasoning(msg: BaseMessage) -> bool:
-    return bool(extract_deltas(msg)[0])
+def output_parts(value: Any, output_key: str | None = None) -> list[Part]:
+    """The parts of a Runnable output or stream chunk (a str, a message, or a dict holding one)."""
+    if isinstance(value, Mapping) and not ("content" in value or "choices" in value or "delta" in value):
+        key = output_key or next((k for k in OUTPUT_KEYS if k in value), None)
+        return output_parts(value[key]) if key is not None else []
+    return parts_of(value)
 
 
 def rebuild_message(msg: BaseMessage, *, reasoning: str | None, text: str) -> BaseMessage:
@@ -140,10 +90,9 @@ def rebuild_message(msg: BaseMessage, *, reasoning: str | None, text: str) -> Ba
     extra = {k: v for k, v in msg.additional_kwargs.items() if k not in _REASONING_KEYS}
     if reasoning:
         extra.update({k: reasoning for k in _REASONING_KEYS if msg.additional_kwargs.get(k)})
-    content: Any
+    content: Any = text
     if isinstance(msg.content, list):
-        content = []
-        put_reasoning = put_text = False
+        content, put_reasoning, put_text = [], False, False
         for block in msg.content:
             kind = block.get("type") if isinstance(block, Mapping) else "text"
             if kind in _REASONING_KINDS:
@@ -151,7 +100,7 @@ def rebuild_message(msg: BaseMessage, *, reasoning: str | None, text: str) -> Ba
                     content.append({"type": "reasoning", "reasoning": reasoning})
                 put_reasoning = True
             elif kind in ("text", "output_text"):
-                if not put_text and text:
+                if text and not put_text:
                     content.append({"type": "text", "text": text})
                 put_text = True
             else:
@@ -160,43 +109,40 @@ def rebuild_message(msg: BaseMessage, *, reasoning: str | None, text: str) -> Ba
             content.insert(0, {"type": "reasoning", "reasoning": reasoning})
         if text and not put_text:
             content.append({"type": "text", "text": text})
-    else:
-        content = text
     return msg.model_copy(update={"content": content, "additional_kwargs": extra})
 
 
 def decision_meta(decision: Decision) -> dict[str, Any]:
-    return {
-        "action": str(decision.action),
-        "stage": str(decision.stage),
-        "reason": decision.reason,
-        "risk": decision.risk,
-        "request_id": decision.request_id,
-    }
+    return {"action": str(decision.action), "stage": str(decision.stage), "reason": decision.reason,
+            "risk": decision.risk, "request_id": decision.request_id}
 
 
-def refusal_message(decision: Decision, *, like: BaseMessage | None = None, text: str | None = None) -> AIMessage:
-    """The refusal AIMessage for a blocking decision; ``like`` gives the id to keep (so a state
-    reducer replaces the blocked message instead of appending)."""
-    meta = {META_KEY: decision_meta(decision)}
-    kwargs: dict[str, Any] = {"content": text if text is not None else decision.text, "response_metadata": meta}
-    if like is not None and like.id is not None:
-        kwargs["id"] = like.id
-    return AIMessage(**kwargs)
+def marked(msg: BaseMessage, decision: Decision, **update: Any) -> Any:
+    """``msg`` (same id) with ``update`` applied and the decision in its response_metadata."""
+    meta = {**(msg.response_metadata or {}), META_KEY: decision_meta(decision)}
+    return msg.model_copy(update={**update, "response_metadata": meta})
 
 
-def refusal_chunk(decision: Decision, *, like: Any = None, text: str | None = None) -> Any:
-    """A final stream chunk carrying the refusal, of the same kind as the stream's chunks."""
-    content = text if text is not None else decision.text
+def refusal_message(decision: Decision, *, like: BaseMessage | None = None) -> AIMessage:
+    """The refusal AIMessage; ``like`` gives the id to keep (so a state reducer replaces the
+    blocked message instead of appending). It carries no tool calls."""
+    kw = {"id": like.id} if like is not None and like.id is not None else {}
+    return AIMessage(content=decision.text, response_metadata={META_KEY: decision_meta(decision)}, **kw)
+
+
+def text_chunk(text: str, like: Any, output_key: str | None = None, decision: Decision | None = None) -> Any:
+    """A stream chunk carrying ``text``, of the same kind as ``like`` (str, dict, message chunk;
+    block content stays block content), marked with ``decision`` if given."""
     if isinstance(like, str):
-        return content
-    meta = {META_KEY: decision_meta(decision)}
-    kwargs: dict[str, Any] = {"response_metadata": meta}
-    if isinstance(like, BaseMessage) and like.id is not None:
-        kwargs["id"] = like.id
-    if isinstance(like, BaseMessage) and isinstance(like.content, list):
-        return AIMessageChunk(content=[{"type": "text", "text": content}], **kwargs)
-    return AIMessageChunk(content=content, **kwargs)
+        return text
+    if isinstance(like, Mapping) and "content" not in like:
+        key = output_key or next((k for k in OUTPUT_KEYS if k in like), "output")
+        return {**like, key: text}
+    kw: dict[str, Any] = {"id": like.id} if isinstance(like, BaseMessage) and like.id else {}
+    if decision is not None:
+        kw["response_metadata"] = {META_KEY: decision_meta(decision)}
+    blocks = isinstance(like, BaseMessage) and isinstance(like.content, list)
+    return AIMessageChunk(content=[{"type": "text", "text": text}] if blocks else text, **kw)
 
 
 def is_guard_message(msg: Any) -> bool:

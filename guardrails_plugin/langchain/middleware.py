@@ -26,24 +26,12 @@ from langchain.agents.middleware import AgentMiddleware, AgentState, ModelReques
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langgraph.runtime import Runtime
 
-from ..content import normalize_text
 from ..errors import GuardrailViolation
 from ..guard import Guard
-from ..streaming import extract_deltas, tool_call_text
+from ..stream import Verdicts, ajudge, judge, parts_of
+from ..stream.drive import split
 from ..types import Action, Decision
-from ._common import (
-    META_KEY,
-    decision_meta,
-    is_guard_message,
-    newest_human_content,
-    rebuild_message,
-    refusal_message,
-    turn_prompt,
-)
-
-
-def _text(content: Any) -> str:
-    return content if isinstance(content, str) else normalize_text(content, what="message").value
+from ._common import is_guard_message, marked, query_of, rebuild_message, refusal_message, turn_prompt
 
 
 class GuardMiddleware(AgentMiddleware):
@@ -74,153 +62,84 @@ class GuardMiddleware(AgentMiddleware):
         self.catch_stream_violations = catch_stream_violations
 
     # -- what to check ------------------------------------------------------------------------
-    @staticmethod
-    def _new_user_turn(messages: Sequence[BaseMessage]) -> Any:
-        """What the user said since the last AI message (first model call of the turn), or None;
-        all of it when a caller appended several user messages at once."""
-        return turn_prompt(messages)
-
-    @staticmethod
-    def _fresh_tool_results(messages: Sequence[BaseMessage]) -> list[ToolMessage]:
-        """Tool results after the newest AI message: what the model is about to read."""
-        out: list[ToolMessage] = []
-        for m in reversed(messages):
+    def _before(self, messages: Sequence[BaseMessage]) -> tuple[list[Any] | None, list[ToolMessage]]:
+        """The new user turn to check (first model call of the turn) and the fresh tool results
+        (after the newest AI message: what the model is about to read)."""
+        turn = turn_prompt(messages) if self.check_prompt else None
+        tools: list[ToolMessage] = []
+        for m in reversed(messages) if self.check_tool_results else ():
             if isinstance(m, AIMessage):
                 break
             if isinstance(m, ToolMessage) and not is_guard_message(m):
-                out.append(m)
-        return out[::-1]
+                tools.insert(0, m)
+        return turn, tools
 
-    @staticmethod
-    def _query(messages: Sequence[BaseMessage]) -> str:
-        content = newest_human_content(messages)
-        return "" if content is None else _text(content)
+    def _after_prompt(self, messages: Sequence[BaseMessage], d: Decision) -> dict[str, Any] | None:
+        if d.blocked:
+            return self._end_with(d)
+        if d.action is not Action.REDACT:
+            return None
+        # The model must read the redacted prompt: replace the user's message (same id). A turn of
+        # several user messages cannot be mapped back piece by piece, so it is refused instead.
+        turn = turn_prompt(messages) or []
+        if len(turn) == 1 and isinstance(turn[0], HumanMessage) and turn[0].id:
+            return {"messages": [marked(turn[0], d, content=d.text)]}
+        return self._end_with(d.model_copy(update={"action": Action.BLOCK, "text": self.guard.config.refusal_message}))
 
-    # -- results ------------------------------------------------------------------------------
-    def _redact_turn(self, messages: Sequence[BaseMessage], d: Decision) -> dict[str, Any]:
-        """The model must read the redacted prompt: replace the user's message (same id). A turn of
-        several user messages cannot be mapped back piece by piece, so it is refused instead."""
-        turn = [m for m in _since_last_ai(messages) if isinstance(m, HumanMessage)]
-        if len(turn) == 1 and turn[0].id:
-            meta = {**(turn[0].response_metadata or {}), META_KEY: decision_meta(d)}
-            return {"messages": [turn[0].model_copy(update={"content": d.text, "response_metadata": meta})]}
-        refuse = d.model_copy(update={"action": Action.BLOCK, "text": self.guard.config.refusal_message})
-        return self._end_with(refuse)
+    def _tool_update(self, checked: list[tuple[ToolMessage, Decision]]) -> dict[str, Any] | None:
+        blocked = [(m, d) for m, d in checked if d.blocked]
+        if not blocked:
+            return None
+        if self.tool_result_action == "end":
+            return self._end_with(blocked[0][1])
+        return {"messages": [marked(m, d, content=self.tool_result_notice.format(reason=d.reason)) for m, d in blocked]}
 
     @staticmethod
     def _end_with(decision: Decision, like: BaseMessage | None = None) -> dict[str, Any]:
         return {"messages": [refusal_message(decision, like=like)], "jump_to": "end"}
 
-    def _tool_update(self, blocked: list[tuple[ToolMessage, Decision]]) -> dict[str, Any] | None:
-        if not blocked:
+    def _after(self, msg: AIMessage, v: Verdicts) -> dict[str, Any] | None:
+        if v.stop is not None:
+            return self._end_with(v.stop, like=msg)  # a refused turn never runs its tools
+        if v.reasoning is None and v.answer is None:
             return None
-        if self.tool_result_action == "end":
-            return self._end_with(blocked[0][1])
-        replaced = []
-        for msg, d in blocked:
-            meta = {**(msg.response_metadata or {}), META_KEY: decision_meta(d)}
-            replaced.append(
-                msg.model_copy(
-                    update={"content": self.tool_result_notice.format(reason=d.reason), "response_metadata": meta}
-                )
-            )
-        return {"messages": replaced}
+        reasoning, text, _, _ = split(parts_of(msg))
+        new = rebuild_message(msg, reasoning=(v.reasoning.text if v.reasoning else reasoning) or None,
+                              text=v.answer.text if v.answer else text)
+        return {"messages": [marked(new, v.answer or v.reasoning)]}  # type: ignore[arg-type]
 
-    def _after(self, msg: AIMessage, rd: Decision | None, ad: Decision | None) -> dict[str, Any] | None:
-        for d in (rd, ad):
-            if d is not None and d.blocked:
-                return self._end_with(d, like=msg)
-        reasoning, text = extract_deltas(msg)
-        new_reasoning = rd.text if rd is not None and rd.action is Action.REDACT else reasoning
-        new_text = ad.text if ad is not None and ad.action is Action.REDACT else text
-        if new_reasoning == reasoning and new_text == text:
-            return None
-        d = next(x for x in (ad, rd) if x is not None and x.action is Action.REDACT)
-        new = rebuild_message(msg, reasoning=new_reasoning or None, text=new_text)
-        meta = {**(new.response_metadata or {}), META_KEY: decision_meta(d)}
-        return {"messages": [new.model_copy(update={"response_metadata": meta})]}
-
-    @staticmethod
-    def _last_ai(state: AgentState) -> AIMessage | None:
+    def _last_ai(self, state: AgentState) -> tuple[AIMessage | None, dict[str, Any]]:
         messages = state["messages"]
-        if messages and isinstance(messages[-1], AIMessage) and not is_guard_message(messages[-1]):
-            return messages[-1]
-        return None
+        msg = messages[-1] if messages else None
+        if not isinstance(msg, AIMessage) or is_guard_message(msg):
+            return None, {}
+        kw = {"reasoning": self.check_reasoning, "response": self.check_response}
+        return msg, {"query": query_of(messages), "parts": parts_of(msg), **kw}
 
     # -- hooks --------------------------------------------------------------------------------
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        messages = state["messages"]
-        turn = self._new_user_turn(messages) if self.check_prompt else None
-        if turn is not None:
-            d = self.guard.check_prompt(turn)
-            if d.blocked:
-                return self._end_with(d)
-            if d.action is Action.REDACT:
-                return self._redact_turn(messages, d)
-        if self.check_tool_results:
-            blocked = []
-            for tm in self._fresh_tool_results(messages):
-                d = self.guard.check_prompt(tm.content)
-                if d.blocked:
-                    blocked.append((tm, d))
-            return self._tool_update(blocked)
-        return None
+        turn, tools = self._before(state["messages"])
+        if turn is not None and (out := self._after_prompt(state["messages"], self.guard.check_prompt(turn))):
+            return out
+        return self._tool_update([(m, self.guard.check_prompt(m.content)) for m in tools])
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        messages = state["messages"]
-        turn = self._new_user_turn(messages) if self.check_prompt else None
-        if turn is not None:
-            d = await self.guard.acheck_prompt(turn)
-            if d.blocked:
-                return self._end_with(d)
-            if d.action is Action.REDACT:
-                return self._redact_turn(messages, d)
-        if self.check_tool_results:
-            blocked = []
-            for tm in self._fresh_tool_results(messages):
-                d = await self.guard.acheck_prompt(tm.content)
-                if d.blocked:
-                    blocked.append((tm, d))
-            return self._tool_update(blocked)
-        return None
-
-    def _tool_text(self, msg: Any) -> str:
-        """The AI message's tool calls as text (their arguments are model output too)."""
-        return tool_call_text(msg).strip() if self.check_response else ""
+        turn, tools = self._before(state["messages"])
+        if turn is not None and (out := self._after_prompt(state["messages"], await self.guard.acheck_prompt(turn))):
+            return out
+        return self._tool_update([(m, await self.guard.acheck_prompt(m.content)) for m in tools])
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        msg = self._last_ai(state)
-        if msg is None:
-            return None
-        query = self._query(state["messages"])
-        reasoning, text = extract_deltas(msg)
-        rd = self.guard.check_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
-        if rd is not None and rd.blocked:
-            return self._end_with(rd, like=msg)
-        td = self.guard.check_response(query, tools) if (tools := self._tool_text(msg)) else None
-        if td is not None and (td.blocked or td.action is Action.REDACT):
-            return self._end_with(td, like=msg)  # a refused turn must not run its tools
-        ad = self.guard.check_response(query, text) if self.check_response and text else None
-        return self._after(msg, rd, ad)
+        msg, kw = self._last_ai(state)
+        return None if msg is None else self._after(msg, judge(self.guard.stream_checks(), **kw))
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
-        msg = self._last_ai(state)
-        if msg is None:
-            return None
-        query = self._query(state["messages"])
-        reasoning, text = extract_deltas(msg)
-        rd = await self.guard.acheck_reasoning(query, reasoning) if self.check_reasoning and reasoning else None
-        if rd is not None and rd.blocked:
-            return self._end_with(rd, like=msg)
-        td = await self.guard.acheck_response(query, tools) if (tools := self._tool_text(msg)) else None
-        if td is not None and (td.blocked or td.action is Action.REDACT):
-            return self._end_with(td, like=msg)  # a refused turn must not run its tools
-        ad = await self.guard.acheck_response(query, text) if self.check_response and text else None
-        return self._after(msg, rd, ad)
+        msg, kw = self._last_ai(state)
+        return None if msg is None else self._after(msg, await ajudge(self.guard.stream_checks(), **kw))
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
@@ -241,12 +160,3 @@ class GuardMiddleware(AgentMiddleware):
             if not self.catch_stream_violations:
                 raise
             return refusal_message(exc.decision)
-
-
-def _since_last_ai(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-    out: list[BaseMessage] = []
-    for m in reversed(list(messages)):
-        if isinstance(m, AIMessage):
-            break
-        out.append(m)
-    return out[::-1]

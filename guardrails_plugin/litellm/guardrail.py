@@ -24,7 +24,6 @@ The parameter names avoid LiteLLM's own ``litellm_params`` fields (``mode``, ``c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -36,10 +35,11 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
 from ..config import GuardConfig
+from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError
 from ..guard import Guard
-from ..streaming import tool_call_text
-from ..types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
+from ..stream import ajudge, parts_of
+from ..types import Action, Decision, GuardRequest, Stage
 
 log = logging.getLogger("guardrails_plugin.litellm")
 
@@ -204,18 +204,13 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         return self.guardrail_name or "guardrails-plugin"
 
     def _log_decision(self, request: GuardRequest, decision: Decision) -> None:
-        # Runs on the guard's loop thread after every decision.
+        # Runs after every decision; only what an operator acts on is logged.
         if decision.degraded:
-            log.warning(
-                "guardrails-plugin degraded: %s check passed without a verdict (fail-open, %s) "
-                "guardrail=%s request_id=%s",
-                decision.stage, decision.reason, self._name(), decision.request_id,
-            )
+            log.warning("guardrails-plugin degraded: %s check passed without a verdict (fail-open, %s) "
+                        "guardrail=%s request_id=%s", decision.stage, decision.reason, self._name(), decision.request_id)
         elif decision.blocked:
-            log.info(
-                "guardrails-plugin blocked %s: %s guardrail=%s request_id=%s",
-                decision.stage, decision.reason, self._name(), decision.request_id,
-            )
+            log.info("guardrails-plugin blocked %s: %s guardrail=%s request_id=%s",
+                     decision.stage, decision.reason, self._name(), decision.request_id)
 
     def guards(self, stage: Stage) -> bool:
         """True when this guardrail checks ``stage``."""
@@ -233,19 +228,13 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             # Content no guard can read is a guard that cannot answer: the stage's fail mode
             # (closed -> 400), never a silent pass of text nobody judged.
             log.warning("guardrails-plugin could not read the prompt: %s", exc)
-            return self._unreadable(Stage.PROMPT, exc)
-
-    def _unreadable(self, stage: Stage, exc: Exception) -> Decision:
-        request = GuardRequest(stage=stage, metadata={"guardrail": self._name()})
-        verdict = Verdict(guard="input", stage=stage, risk=1.0, parse_error=str(exc), failure=FailureKind.BAD_INPUT)
-        return self.guard.policy.decide(request, [verdict])
+            return self.guard.stream_checks().unreadable(Stage.PROMPT, str(exc), {"guardrail": self._name()})
 
     def query_text(self, data: Mapping[str, Any]) -> str:
         """The request's user text, as the query of reasoning/response checks. Unreadable content
         gives "" (the answer is still judged, without its query) rather than an error."""
-        q = prompt_messages(data) or ""
         try:
-            return self.guard.request(Stage.PROMPT, prompt=q).prompt
+            return normalize_text(prompt_messages(data) or "", what="prompt").value
         except GuardInputError:
             return ""
 
@@ -277,62 +266,28 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         return None
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        choices = getattr(response, "choices", None)
-        if not choices:
-            return response
-        query = self.query_text(data)
-        for choice in choices:
+        query, deps = self.query_text(data), self.guard.stream_checks()
+        for choice in getattr(response, "choices", None) or []:
             message = getattr(choice, "message", None)
             if message is None:
                 continue
-            await self._check_message(choice, message, query)
+            v = await ajudge(deps, query, parts_of(message), reasoning=self.guards(Stage.REASONING),
+                             response=self.guards(Stage.RESPONSE), metadata={"guardrail": self._name()})
+            if v.stop is not None:
+                if self.on_response_block == "error":
+                    raise blocked_exception(v.stop, self._name())
+                message.content = v.stop.text
+                for attr in ("reasoning_content", "thinking_blocks", "tool_calls", "function_call"):
+                    if getattr(message, attr, None) is not None:
+                        setattr(message, attr, None)  # a refused turn must not run its tools
+                choice.finish_reason = "content_filter"
+                continue
+            if v.reasoning is not None:
+                field = "reasoning_content" if getattr(message, "reasoning_content", None) else "reasoning"
+                setattr(message, field, v.reasoning.text)
+            if v.answer is not None:
+                message.content = v.answer.text
         return response
-
-    async def _check_message(self, choice: Any, message: Any, query: Any) -> None:
-        reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
-        content = getattr(message, "content", None)
-        meta = {"guardrail": self._name()}
-        checks: dict[Stage, Any] = {}
-        if isinstance(reasoning, str) and reasoning and self.guards(Stage.REASONING):
-            checks[Stage.REASONING] = self.guard.acheck_reasoning(query=query, reasoning=reasoning, metadata=meta)
-        if isinstance(content, str) and content and self.guards(Stage.RESPONSE):
-            checks[Stage.RESPONSE] = self.guard.acheck_response(prompt=query, response=content, metadata=meta)
-        tools = tool_call_text(message).strip()
-        if tools and self.guards(Stage.RESPONSE):
-            # Tool-call arguments are model output too; they cannot be partially redacted (JSON),
-            # so a REDACT of them blocks like a BLOCK.
-            tool_check = self.guard.acheck_response(prompt=query, response=tools, metadata={**meta, "part": "tool_calls"})
-        else:
-            tool_check = None
-        if not checks and tool_check is None:
-            return
-        keys = list(checks)
-        results = await asyncio.gather(*checks.values(), *([tool_check] if tool_check else []))
-        decisions = dict(zip(keys, results[: len(keys)], strict=True))
-        tool_decision = results[len(keys)] if tool_check else None
-        blocking = next((d for d in decisions.values() if d.blocked), None)
-        if blocking is None and tool_decision is not None and (
-            tool_decision.blocked or tool_decision.action is Action.REDACT
-        ):
-            blocking = tool_decision
-        if blocking is not None:
-            if self.on_response_block == "error":
-                raise blocked_exception(blocking, self._name())
-            message.content = blocking.text if blocking.blocked else self.guard.config.refusal_message
-            for attr in ("reasoning_content", "thinking_blocks", "tool_calls", "function_call"):
-                if getattr(message, attr, None) is not None:
-                    setattr(message, attr, None)  # a refused turn must not run its tools
-            choice.finish_reason = "content_filter"
-            return
-        r = decisions.get(Stage.REASONING)
-        if r is not None and r.action is Action.REDACT:
-            if getattr(message, "reasoning_content", None):
-                message.reasoning_content = r.text
-            else:
-                message.reasoning = r.text
-        c = decisions.get(Stage.RESPONSE)
-        if c is not None and c.action is Action.REDACT:
-            message.content = c.text
 
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict

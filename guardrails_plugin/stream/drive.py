@@ -32,6 +32,13 @@ class TurnRunner:
     """A TurnGuard whose due checks run (``local=True``: as tasks on the running event loop,
     else on the engine loop thread). Thread-safe; ``finish()`` once at the end."""
 
+    @classmethod
+    def of(cls, deps: StreamChecks, query: Any = "", *, local: bool = False, **turn_kw: Any) -> TurnRunner:
+        """A runner of a new TurnGuard whose unreadable parts go to ``deps``' fail mode."""
+        meta = turn_kw.get("metadata")
+        turn = TurnGuard(deps.config, query, unreadable=lambda stage, why: deps.unreadable(stage, why, meta), **turn_kw)
+        return cls(turn, deps, local=local)
+
     def __init__(self, turn: TurnGuard, deps: StreamChecks, *, local: bool = False):
         self.turn = turn
         self.deps = deps

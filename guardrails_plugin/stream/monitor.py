@@ -58,7 +58,7 @@ class StreamChecks:
             try:
                 self.release_session(t.session_id)
                 if self.observe is not None:
-                    self.observe(t.stats())
+                    self.observe(t.stats)
             except Exception:
                 log.exception("cleaning up a stream's %s checks failed", t.stage)
 
@@ -226,7 +226,7 @@ class ReasoningMonitor:
     last_decision = property(lambda self: self.track.last_decision)
     abort_offset = property(lambda self: self.track.abort_offset)
     aborted = property(lambda self: self.track.decision is not None)
-    stats = property(lambda self: self.track.stats(), doc="MonitorStats (a snapshot).")
+    stats = property(lambda self: self.track.stats, doc="MonitorStats (a snapshot).")
 
     @property
     def check_in_flight(self) -> Future[Decision] | None:

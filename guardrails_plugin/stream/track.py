@@ -183,7 +183,9 @@ class Track:
         i = bisect.bisect_right(self._delta_chars, chars) - 1
         return self._delta_tokens[i] if i >= 0 else 0
 
+    @property
     def stats(self) -> MonitorStats:
+        """A snapshot of what this track did."""
         return MonitorStats(
             stage=self.stage, checks_run=self.checks_run, checks_coalesced=self.checks_coalesced,
             guard_time_ms=self.guard_time_ms, tokens_fed=self.tokens, tokens_released=self.tokens_at(self.released),

@@ -247,9 +247,12 @@ class TurnGuard:
             return choice.segments[-1] if choice.segments else None
         return choice.answer
 
+    reasoning = property(lambda self: self.track(Stage.REASONING), doc="track(Stage.REASONING)")
+    answer = property(lambda self: self.track(Stage.RESPONSE), doc="track(Stage.RESPONSE)")
+
     def stats(self, stage: Stage, index: int = 0) -> MonitorStats | None:
         t = self.track(stage, index)
-        return t.stats() if t is not None else None
+        return t.stats if t is not None else None
 
     def released_text(self, stage: Stage, index: int = 0) -> str:
         """The ``stage`` text of choice ``index`` released so far (answer: with tool calls)."""
