@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from pg_support import pg_server  # noqa: F401 - fixture
 from review_support import GREY, GREY_WORD, HARM_WORD, make_guard, write_config, write_rules
 from typer.testing import CliRunner
 
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 TOKEN = "shared-token-abcdefghijk"
 
 
-def filled(db: Path, *, store_content: bool = True, sink: str | None = None) -> None:
+def filled(db: Path | str, *, store_content: bool = True, sink: str | None = None) -> None:
     audit: dict[str, Any] = {"path": str(db), "durability": "strict", "store_content": store_content}
     if sink:
         audit["sink"] = sink
@@ -241,3 +242,24 @@ def test_serve_refuses_bad_options(tmp_path: Path) -> None:
     assert r.exit_code == 1
     with pytest.raises(GuardConfigError):
         ReviewAuth()
+
+
+def test_queue_and_export_on_postgres(pg_server: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The page's queue logic and the export use only the store API: the same on PostgreSQL."""
+    from guardrails_plugin.review import export_reviewed
+
+    pg_url = pg_server.create_db()
+
+    filled(pg_url)  # type: ignore[arg-type]
+    store = open_store(pg_url)
+    try:
+        q = ReviewQueue(store, make_guard())
+        assert [e.stage for e in q.find()] == ["reasoning", "response", "prompt"]
+        resp = q.find(stage="response")[0]
+        assert q.view(resp.id).query == "the question"
+        assert q.edit(resp.id, "pat", "a fine answer").released
+        q.reject(q.find(stage="prompt")[0].id, "pat", "no")
+        written, skipped = export_reviewed(store, tmp_path / "out")
+        assert {s: n for s, (_, n) in written.items()} == {"prompt": 1, "response": 1} and skipped == []
+    finally:
+        store.close()
