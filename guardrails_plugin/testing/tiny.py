@@ -193,10 +193,11 @@ def script_completion(
     """Make the tiny model at ``model_dir`` answer any prompt that ends like ``messages`` rendered
     with its chat template (generation prompt added) with exactly ``completion`` and then EOS.
 
-    A generation-config ``sequence_bias`` of +100 on each (token, token, next token) of the chain
-    "last two prompt tokens, completion tokens, EOS" overrides the random logits, so greedy decoding
-    really generates the completion (in-process and under ``transformers serve``). Guard templates
-    end in fixed text, so one script covers every input. Returns the completion's token ids."""
+    A generation-config ``sequence_bias`` of +100 on each prefix of the chain "last two prompt
+    tokens, completion tokens, EOS" (so a token that repeats in the completion still has one
+    successor) overrides the random logits, so greedy decoding really generates the completion
+    (in-process and under ``transformers serve``). Guard templates end in fixed text, so one script
+    covers every input. Returns the completion's token ids."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -205,17 +206,12 @@ def script_completion(
         ids = ids["input_ids"]
     body = tok.encode(completion, add_special_tokens=False)
     chain = [int(ids[-2]), int(ids[-1]), *body, int(tok.eos_token_id)]
-    grams = list(zip(chain, chain[1:], chain[2:], strict=False))
-    nexts: dict[tuple[int, int], int] = {}
-    for a, b, c in grams:
-        if nexts.setdefault((a, b), c) != c:
-            raise ValueError(f"completion {completion!r} repeats a token pair with two successors; pick another")
     path = Path(model_dir) / "generation_config.json"
     cfg = json.loads(path.read_text())
     for key in ("temperature", "top_k", "top_p"):
         cfg.pop(key, None)
     cfg["do_sample"] = False
-    cfg["sequence_bias"] = [[[a, b, c], 100.0] for a, b, c in grams]
+    cfg["sequence_bias"] = [[chain[: j + 1], 100.0] for j in range(2, len(chain))]
     path.write_text(json.dumps(cfg, indent=2))
     return body
 
