@@ -116,7 +116,7 @@ class StageConfig(BaseModel):
 
 
 class NotifyConfig(BaseModel):
-    """Webhook on escalations (and, if listed, blocks); delivered off the request path (notify.py)."""
+    """Webhook on escalations (and, if listed, blocks); delivered off the request path (observe/webhooks.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -279,7 +279,7 @@ class GuardConfig(BaseSettings):
     )
     stages: dict[Stage, StageConfig] = Field(default_factory=_default_stages)
     audit: AuditConfig | None = Field(None, description="Audit trail and review queue (see observe/).")
-    notify: NotifyConfig | None = Field(None, description="Webhook on escalations (see notify.py).")
+    notify: NotifyConfig | None = Field(None, description="Webhook on escalations (see observe/webhooks.py).")
     circuit: CircuitConfig = Field(
         default_factory=CircuitConfig, description="Per-engine circuit breaker (see circuit.py)."
     )

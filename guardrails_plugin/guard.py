@@ -70,10 +70,10 @@ class Guard:
         self.auditor: Auditor | None = None
         if self.config.audit:
             self.auditor = auditor_from_config(self, self.config.audit)
-        #: webhook on escalations from config.notify (notify.py): a hook that only enqueues
+        #: webhook on escalations from config.notify (observe/webhooks.py): a hook that only enqueues
         self.notifier: Any = None
         if self.config.notify is not None:
-            from .notify import attach_notifier
+            from .observe.webhooks import attach_notifier
 
             self.notifier = attach_notifier(self, self.config.notify)
 

@@ -12,7 +12,7 @@ import pytest
 from review_support import GREY_WORD, HARM_WORD, Receiver, config_dict, dead_url, make_guard, write_config
 
 from guardrails_plugin import Action, Guard, GuardConfig, GuardConfigError
-from guardrails_plugin.notify import SIGNATURE_HEADER, sign, verify_signature
+from guardrails_plugin.observe.webhooks import SIGNATURE_HEADER, sign, verify_signature
 
 pytestmark = pytest.mark.timeout(60)
 

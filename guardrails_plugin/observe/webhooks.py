@@ -33,13 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .config import NotifyConfig
-from .types import Action, Decision, GuardRequest
+from ..config import NotifyConfig
+from ..types import Action, Decision, GuardRequest
 
 if TYPE_CHECKING:
-    from .guard import Guard
+    from ..guard import Guard
 
-log = logging.getLogger("guardrails_plugin.notify")
+log = logging.getLogger("guardrails_plugin.webhooks")
 
 SIGNATURE_HEADER = "X-Guardrails-Signature-256"
 DELIVERY_HEADER = "X-Guardrails-Delivery"
@@ -211,9 +211,8 @@ class Notifier:
             if attempt:
                 with self._cond:
                     self.retries += 1
-                if self._closing.wait(delay):
-                    log.warning("webhook: closing, giving up on delivery %s", headers[DELIVERY_HEADER])
-                    return False
+                if self._closing.wait(delay):  # closing: no more waiting, the event is given up
+                    return self._gave_up(headers[DELIVERY_HEADER], "notifier closing")
                 delay = min(delay * 2, _MAX_BACKOFF_S)
             try:
                 r = client.post(cfg.url, content=body, headers=headers)
@@ -224,10 +223,18 @@ class Notifier:
                     return True
                 why = f"HTTP {r.status_code}"
                 if r.status_code < 500 and r.status_code not in _RETRY_STATUS:
-                    log.error("webhook %s refused delivery %s: %s", cfg.url, headers[DELIVERY_HEADER], why)
-                    return False
-            log.warning("webhook %s attempt %d/%d failed: %s", cfg.url, attempt + 1, cfg.max_retries + 1, why)
-        log.error("webhook %s: giving up on delivery %s", cfg.url, headers[DELIVERY_HEADER])
+                    return self._gave_up(headers[DELIVERY_HEADER], f"refused: {why}")
+            # per attempt only at debug level: a dead receiver must not flood the logs
+            log.debug("webhook %s attempt %d/%d failed: %s", cfg.url, attempt + 1, cfg.max_retries + 1, why)
+        return self._gave_up(headers[DELIVERY_HEADER], f"{cfg.max_retries + 1} attempt(s) failed, last: {why}")
+
+    def _gave_up(self, delivery: str, why: str) -> bool:
+        """Log a lost event: the first one, then every 100th (with the count). Returns False."""
+        with self._cond:
+            n = self.failed + 1
+        if n == 1 or n % 100 == 0:
+            log.error("webhook %s: gave up on delivery %s (%s); %d event(s) lost so far",
+                      self.config.url, delivery, why, n)
         return False
 
     # -- lifecycle -------------------------------------------------------------------------------
