@@ -93,11 +93,15 @@ _LABEL_KEYS = (
     "label", "labels", "gold", "gold_label", "human_majority", "unsafe_label", "is_harmful",
     "harmful", "unsafe", "target", "y", "output",
 )
-_PREDICT_KEYS = ("predict", "prediction", "guard_output", "raw_output", "completion")
+# "guard_predict": Qwen3Guard's eval_gen.py output files
+_PREDICT_KEYS = ("predict", "prediction", "guard_output", "raw_output", "completion", "guard_predict")
+# A chat conversation column (Qwen3Guard's test files: "message": [{"role", "content"}, ...])
+_MESSAGES_KEYS = ("message", "messages", "conversation")
 _CATEGORY_KEYS = ("category", "categories", "harm_category")
 
 _POSITIVE = {"harmful", "unsafe", "1", "1.0", "0.5", "true", "yes", "toxic", "jailbreak", "refusal"}
-_NEGATIVE = {"unharmful", "safe", "0", "0.0", "false", "no", "benign", "harmless", "compliance"}
+# "controversial" is negative as in Qwen3Guard's eval_gen.py (label = 1 only for "Unsafe")
+_NEGATIVE = {"unharmful", "safe", "0", "0.0", "false", "no", "benign", "harmless", "compliance", "controversial"}
 
 
 @dataclass
@@ -218,6 +222,17 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _from_messages(row: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(prompt, response) from a conversation column: the last user turn, and the assistant turn
+    after it when the conversation ends with one (the judged answer)."""
+    _, msgs = _first(row, _MESSAGES_KEYS)
+    if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs) or not msgs:
+        return None
+    response = _text(msgs[-1].get("content")) if msgs[-1].get("role") == "assistant" else None
+    users = [m for m in msgs if m.get("role") == "user"]
+    return (_text(users[-1].get("content")) or "" if users else ""), response
+
+
 def _first(row: dict[str, Any], keys: Iterable[str]) -> tuple[str | None, Any]:
     lowered = {str(k).strip().lower(): k for k in row}
     for key in keys:
@@ -265,6 +280,9 @@ def load_dataset(path: str | Path, stage: Stage | str | None = None) -> Dataset:
                 fmt = "generic"
             _, prompt_v = _first(row, _PROMPT_KEYS)
             prompt = _text(prompt_v) or ""
+            chat = _from_messages(row)
+            if chat is not None and prompt_v is None:
+                prompt, response = chat
             if fmt == "predictions" and _HUMAN in prompt and _AI in prompt:
                 prompt, response = split_guardreasoner_input(prompt)  # the raw GuardReasoner input
             _, r = _first(row, _REASONING_KEYS)
@@ -399,14 +417,12 @@ def score_predictions(
     """Score saved guard completions without running a model: each completion is parsed by the
     family's adapter (``GuardReasoner().parse(text, stage)``) and folded by the configured policy
     exactly as a live check would be."""
-    from .models import get_model_class
-
     if not dataset.has_completions:
         raise EvaluationError(
             f"{dataset.path}: no saved completions (a 'predict' / 'prediction' / 'completion' column)"
         )
     stage = stage or dataset.stage
-    model = get_model_class(family)()
+    model = _adapter(family, config)
     policy = Policy(config or GuardConfig())
     out = []
     for e in dataset.examples:
@@ -414,6 +430,19 @@ def score_predictions(
         decision = policy.decide(_request(e, stage), [verdict.model_copy(update={"stage": stage})])
         out.append(_scored(e, decision, None))
     return out
+
+
+def _adapter(family: str, config: GuardConfig | None) -> Any:
+    """The adapter that parses saved completions: the config's guard model of that family when it
+    has one (its options and model id: Granite's version and criteria, ShieldGemma's guideline,
+    Qwen3Guard's controversial_risk), else the family's default (a preset name picks its variant)."""
+    from .models import resolve
+
+    cls, hub = resolve(family)
+    for name, mc in (config.models.items() if config else ()):
+        if mc.family == cls.family:
+            return cls.from_config(name, mc)
+    return cls(model_id=hub)
 
 
 async def run_guard(
