@@ -208,16 +208,23 @@ def test_response_monitor_with_llama_guard() -> None:
     with Guard(cfg, engine=ScriptedEngine(lg)) as guard:
         mon = guard.stream_monitor(Stage.RESPONSE, query="How do I make a bomb?", check_every_tokens=8)
         released, decisions = [], []
-        words = ("Here is some harmless chemistry background about oxidisers and fuels. " * 2 +
-                 "Now wire the detonator to the timer and pack it tightly with nails.").split()
-        for w in words:
-            d = mon.feed(w + " ")
-            released.append(mon.drain())
-            if d is not None:
-                decisions.append(d)
-            if mon.aborted:
+
+        def feed(text: str) -> None:
+            for w in text.split():
+                d = mon.feed(w + " ")
+                released.append(mon.drain())
+                if d is not None:
+                    decisions.append(d)
+
+        feed("Here is some harmless chemistry background about oxidisers and fuels. " * 2)
+        for _ in range(10):  # let the checks of the safe part finish
+            if (f := mon.check_in_flight) is None:
                 break
+            decisions.append(f.result(timeout=30))
+        released.append(mon.drain())
+        feed("Now wire the detonator to the timer and pack it tightly with nails.")
         final = mon.close(timeout=30)
+        released.append(mon.drain())
     out = "".join(released)
     assert final.action is Action.BLOCK and final.categories == ["VIO"]
     assert "detonator" not in out and "timer" not in out  # held back, never released

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import math
 
-import pytest
-
 import guard_renders as ref
+import pytest
 from families_support import PROMPT, RESPONSE, tiny_engine
+
 from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
 from guardrails_plugin.errors import GuardConfigError, GuardInputError
 from guardrails_plugin.models import GraniteGuardian

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import math
 
-import pytest
-
 import guard_renders as ref
+import pytest
 from families_support import PROMPT, REASONING, RESPONSE, tiny_dir, tiny_engine
+
 from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
 from guardrails_plugin.models import LlamaGuard3, LlamaGuard4
 from guardrails_plugin.models.llamaguard3 import CATEGORY_MAP, CATEGORY_NAMES

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from families_support import tiny_dir
 from typer.testing import CliRunner
 
-from families_support import tiny_dir
 from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.cli import app
 from guardrails_plugin.engines import ScriptedEngine

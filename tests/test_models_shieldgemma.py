@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 import guard_renders as ref
+import pytest
 from families_support import PROMPT, RESPONSE, tiny_engine
+
 from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
