@@ -16,6 +16,12 @@ As a process (so a test can SIGKILL it mid-load)::
     python tests/guard_replica.py --port 8001 --served GuardReasoner-1B --log requests.jsonl
 
 ``--log`` appends one JSON line per request and flushes it, so the record survives a kill.
+
+``--upstream URL`` turns it into a logging front for a real server (``transformers serve``): it
+records each request's session key and forwards it. vllm-router re-serialises requests with
+SGLang-style fields at their defaults (``separate_reasoning``, ``no_stop_trim``, ...); vLLM ignores
+unknown fields, ``transformers serve`` rejects them (HTTP 422), so the front drops exactly those
+default-valued additions and forwards everything else unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import json
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +47,14 @@ SAFE_REPLIES: dict[str, str] = {
 }
 
 
+#: fields vllm-router adds to every request, with the defaults it fills in
+ROUTER_DEFAULTS: dict[str, object] = {
+    "no_stop_trim": False, "ignore_eos": False, "continue_final_message": False, "skip_special_tokens": True,
+    "separate_reasoning": True, "stream_reasoning": True, "return_hidden_states": False,
+    "include_reasoning": True, "echo": False, "logprobs": False,
+}  # fmt: skip
+
+
 def safe_reply_for(name: str) -> str:
     """The safe verdict of the family a served name belongs to (by its name)."""
     low = name.lower()
@@ -46,6 +62,29 @@ def safe_reply_for(name: str) -> str:
         if family in low:
             return reply
     raise KeyError(f"no canned reply for served name {name!r}")
+
+
+def script_tiny_model(model_dir: str | Path, completion: str) -> None:
+    """Make a tiny random-weight model (``build_tiny_model``) answer every chat turn with
+    ``completion`` and stop, so a real server (``transformers serve``) writes a verdict a guard
+    parser reads. A generation-config ``sequence_bias`` of +100 on each tri-gram of the chain
+    (end of the generation prompt, the completion, end of turn) overrides the random logits."""
+    from transformers import AutoTokenizer  # only for this helper: the replica itself is stdlib
+
+    model_dir = Path(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True, tokenize=True)
+    if hasattr(prompt, "keys"):
+        prompt = prompt["input_ids"]
+    path = model_dir / "generation_config.json"
+    cfg = json.loads(path.read_text())
+    eos = cfg["eos_token_id"][0] if isinstance(cfg["eos_token_id"], list) else cfg["eos_token_id"]
+    chain = [int(prompt[-2]), int(prompt[-1]), *tok.encode(completion, add_special_tokens=False), int(eos)]
+    for key in ("temperature", "top_k", "top_p"):
+        cfg.pop(key, None)
+    cfg["do_sample"] = False
+    cfg["sequence_bias"] = [[[a, b, c], 100.0] for a, b, c in zip(chain, chain[1:], chain[2:], strict=False)]
+    path.write_text(json.dumps(cfg, indent=2))
 
 
 class GuardReplica:
@@ -60,12 +99,14 @@ class GuardReplica:
         delay_s: float = 0.0,
         session_header: str = "x-session-id",
         log: TextIO | None = None,
+        upstream: str | None = None,
     ):
         self.served = dict(served) if isinstance(served, Mapping) else {n: safe_reply_for(n) for n in served}
         self.host, self._port = host, port
         self.delay_s = delay_s
         self.session_header = session_header.lower()
         self._log = log
+        self.upstream = upstream.rstrip("/") if upstream else None
         self._records: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -117,6 +158,10 @@ class GuardReplica:
 class _Handler(BaseHTTPRequestHandler):
     replica: GuardReplica
     protocol_version = "HTTP/1.1"
+    # One segment per reply, sent at once: unbuffered headers + body as two writes meet the
+    # client's delayed ACK on a keep-alive connection (~40 ms per request on Linux).
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -129,7 +174,25 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def _forward(self, method: str, body: bytes | None = None) -> None:
+        assert self.replica.upstream is not None
+        req = urllib.request.Request(self.replica.upstream + self.path, data=body, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                status, payload = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, payload = exc.code, exc.read()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_GET(self) -> None:
+        if self.replica.upstream:
+            self._forward("GET")
+            return
         path = self.path.rstrip("/")
         if path == "/health":
             self._json(200, {})
@@ -152,9 +215,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = body.get("model") if isinstance(body, dict) else None
         rep = self.replica
-        rec = {"model": model, "path": self.path, "session": self.headers.get(rep.session_header),
-               "at": time.time()}
+        # x-stream-id: a stream label the router does not read (benchmark control runs)
+        session = self.headers.get(rep.session_header) or self.headers.get("x-stream-id")
+        rec = {"model": model, "path": self.path, "session": session, "at": time.time()}
         rep.record(rec)
+        if rep.upstream:
+            clean = {k: v for k, v in body.items() if not (k in ROUTER_DEFAULTS and v == ROUTER_DEFAULTS[k])}
+            self._forward("POST", json.dumps(clean).encode())
+            return
         if model not in rep.served:
             # vLLM's answer to an unknown model (serving_engine.py: _check_model)
             self._json(404, {"object": "error", "message": f"The model `{model}` does not exist.",
@@ -176,14 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--served", action="append", required=True, help="a served model name (repeatable)")
+    ap.add_argument("--served", action="append", default=[], help="a served model name (repeatable)")
+    ap.add_argument("--upstream", help="forward to this server instead of answering (see the module doc)")
     ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--session-header", default="x-session-id")
     ap.add_argument("--log", type=Path, help="append one JSON line per request")
     a = ap.parse_args(argv)
     log = a.log.open("a", encoding="utf-8") if a.log else None
     rep = GuardReplica(a.served, host=a.host, port=a.port, delay_s=a.delay_ms / 1000,
-                       session_header=a.session_header, log=log).start()
+                       session_header=a.session_header, log=log, upstream=a.upstream).start()
     print(f"replica ready on {rep.base_url}", flush=True)
     try:
         threading.Event().wait()

@@ -41,10 +41,12 @@ Scale-out: vllm-router, and a small failover list
 * Sticky streams: every check of one monitor carries the monitor's session key in the
   ``session_header`` (default ``x-session-id``, which vllm-router's consistent_hash reads; or
   ``session_params.session_id`` in the body with ``session_field=True``), so a stream's checks land
-  on the replica that holds its prefix in vLLM's prefix cache while different streams spread.
+  on the replica that holds its prefix in vLLM's prefix cache while different streams spread. A
+  check outside a stream carries a random key of its own, so single checks spread too.
 * Retries do not multiply the router's: the router retries failed replicas itself and answers 500
   when it gives up, which is not retried here; its 503 (no replica available) and 429 (queue full)
-  are answered without touching a replica. Everything stays inside the one per-call deadline.
+  are answered without touching a replica. (A replica's own 429, passed on after the router's
+  retries, would be retried again; vLLM does not send 429.) All within the one per-call deadline.
 * Several base URLs are a plain failover list for small setups without a router: a request with a
   session key prefers the same server every time (rendezvous hashing, sticky like the router),
   others go round-robin; a server that refuses a connection is skipped for a short cool-down and
@@ -61,6 +63,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -340,12 +343,12 @@ class OpenAIEngine:
         loop = asyncio.get_running_loop()
         path, body = call if call is not None else self._body(request)
         key = routing_key(request)
-        headers: dict[str, str] = {}
-        if key is not None:
-            if self.session_header:
-                headers[self.session_header] = key
-            if self.session_field:
-                body = {**body, "session_params": {"session_id": key}}
+        # A check outside a stream gets a key of its own, so a router spreads such checks
+        # (vllm-router 0.1.17's consistent_hash sends every key-less chat request to one replica).
+        sent_key = key or uuid.uuid4().hex
+        headers: dict[str, str] = {self.session_header: sent_key} if self.session_header else {}
+        if self.session_field:
+            body = {**body, "session_params": {"session_id": sent_key}}
         attempt = 0
         tried: set[str] = set()  # base URLs tried since the last backoff
         while True:

@@ -23,7 +23,7 @@ from .base import GenerationRequest, defuse_special_tokens
 RETRY_AFTER_CAP_S = 5.0
 #: HTTP statuses worth retrying: rate limited / temporarily unavailable. vllm-router answers 503
 #: when no replica is available and 429 when its queue is full, in both cases without having sent
-#: the request to a replica, so a retry here never multiplies the router's own retries.
+#: the request to a replica, so a retry here does not multiply the router's own retries.
 RETRY_STATUSES = frozenset({429, 503})
 _BODY_EXCERPT = 200
 
