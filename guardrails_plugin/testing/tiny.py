@@ -164,6 +164,7 @@ def build_tiny_model(
 
 
 def _model(arch: str, common: dict[str, Any]) -> Any:
+    cfg: Any
     if arch == "llama":
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -201,9 +202,8 @@ def script_completion(
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **chat_template_kwargs)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
+    out: Any = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **chat_template_kwargs)
+    ids: list[int] = list(out["input_ids"] if hasattr(out, "keys") else out)
     body = tok.encode(completion, add_special_tokens=False)
     chain = [int(ids[-2]), int(ids[-1]), *body, int(tok.eos_token_id)]
     path = Path(model_dir) / "generation_config.json"
