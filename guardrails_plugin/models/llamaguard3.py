@@ -80,6 +80,7 @@ CATEGORY_MAP: dict[str, str | None] = {
 #: what fast scoring forces after the rendered prompt: the blank line the model writes first
 SCORE_PREFIX = "\n\n"
 LABELS = ("safe", "unsafe")
+_END_TOKENS = re.compile(r"(?:<\|(?:eot_id|eot|eom_id|eom|end_of_text)\|>\s*)+$")
 
 # "S1", "s 10", "S10." in the category line (a third-party issue shows "S1, S2" with spaces).
 _CODE = re.compile(r"\bS\s?(\d{1,2})\b", re.IGNORECASE)
@@ -156,7 +157,9 @@ class LlamaGuard3(GuardModel):
         return self.codes_by_variant.get(self.variant(), self.codes_by_variant[None])
 
     def _parse(self, text: str, stage: Stage | None) -> Verdict:
-        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        # A completion decoded with special tokens kept ends in the end-of-turn token.
+        body = _END_TOKENS.sub("", text)
+        lines = [ln.strip() for ln in body.strip().splitlines() if ln.strip()]
         if not lines:
             return self.unparseable(text, stage, "empty completion (expected 'safe' or 'unsafe')")
         first = lines[0].lower()
