@@ -10,8 +10,12 @@ plugin's overhead in the proxy: prompt check (pre_call), answer + reasoning chec
 streams, the two monitors with the answer held back until checked.
 
 Reports per mode (non-streaming / streaming) x (without / with): errors (must be 0), p50 / p99 latency
-of the whole request (streams: until [DONE]), and the overhead ratio with/without at p50 and p99.
-Writes JSON to --out (default: benchmarks/results/litellm_load.json).
+of the whole request (streams: until [DONE]), the overhead ratio with/without at p50 and p99, and the
+proxy's own CPU time per request (user + system of the proxy process tree, read from /proc, so it
+holds on a box shared with other work where throughput does not): "with" minus "without" is what
+the guardrail costs the proxy per request. Writes JSON to --out (default:
+benchmarks/results/litellm_load.json). To compare against another checkout, run this script with
+PYTHONPATH=<checkout>: the proxy then imports that checkout's guardrails_plugin.
 """
 
 from __future__ import annotations
@@ -78,7 +82,23 @@ async def one(client: httpx.AsyncClient, stream: bool, guarded: bool) -> tuple[f
         return time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
 
 
-async def run(base_url: str, n: int, conc: int, stream: bool, guarded: bool) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its descendants (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+async def run(base_url: str, n: int, conc: int, stream: bool, guarded: bool, pid: int | None = None) -> dict:
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120,
                                  headers={"Authorization": f"Bearer {MASTER_KEY}"}) as client:
@@ -89,9 +109,11 @@ async def run(base_url: str, n: int, conc: int, stream: bool, guarded: bool) -> 
             async with sem:
                 return await one(client, stream, guarded)
 
+        cpu0 = cpu_seconds(pid) if pid else 0.0
         t0 = time.perf_counter()
         results = await asyncio.gather(*(bounded() for _ in range(n)))
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0 if pid else float("nan")
     lat = [r[0] * 1e3 for r in results]
     errors = [r[1] for r in results if r[1]]
     return {
@@ -99,6 +121,7 @@ async def run(base_url: str, n: int, conc: int, stream: bool, guarded: bool) -> 
         "errors": len(errors), "error_samples": errors[:3],
         "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
         "mean_ms": round(statistics.fmean(lat), 1), "throughput_rps": round(n / wall, 1),
+        "proxy_cpu_ms_per_req": round(cpu / n * 1e3, 2),
     }
 
 
@@ -126,7 +149,7 @@ def main() -> None:
     try:
         for stream in (False, True):
             for guarded in (False, True):
-                row = asyncio.run(run(proxy.base_url, args.requests, args.concurrency, stream, guarded))
+                row = asyncio.run(run(proxy.base_url, args.requests, args.concurrency, stream, guarded, proxy.proc.pid))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
@@ -136,15 +159,18 @@ def main() -> None:
     summary = {"proxy_startup_s": round(proxy.startup_s, 1), "guard_latency_ms": args.guard_latency_ms,
                "cpu_count": os.cpu_count(), "rows": rows, "overhead": {}}
     print(f"\nproxy startup {proxy.startup_s:.1f} s; guard latency {args.guard_latency_ms} ms (scripted)")
-    print(f"{'mode':<14}{'plugin':<8}{'errors':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}")
+    print(f"{'mode':<14}{'plugin':<8}{'errors':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'proxy CPU ms/req':>18}")
     for r in rows:
         print(f"{'stream' if r['stream'] else 'non-stream':<14}{'with' if r['guarded'] else 'without':<8}"
-              f"{r['errors']:>7}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['throughput_rps']:>9}")
+              f"{r['errors']:>7}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['throughput_rps']:>9}{r['proxy_cpu_ms_per_req']:>18}")
     for stream in (False, True):
         base, with_ = (next(r for r in rows if r["stream"] == stream and r["guarded"] == g) for g in (False, True))
-        ov = {"p50_ratio": round(with_["p50_ms"] / base["p50_ms"], 2), "p99_ratio": round(with_["p99_ms"] / base["p99_ms"], 2)}
+        ov = {"p50_ratio": round(with_["p50_ms"] / base["p50_ms"], 2), "p99_ratio": round(with_["p99_ms"] / base["p99_ms"], 2),
+              "guard_cpu_ms_per_req": round(with_["proxy_cpu_ms_per_req"] - base["proxy_cpu_ms_per_req"], 2),
+              "cpu_ratio": round(with_["proxy_cpu_ms_per_req"] / base["proxy_cpu_ms_per_req"], 3)}
         summary["overhead"]["stream" if stream else "non_stream"] = ov
-        print(f"overhead {'stream' if stream else 'non-stream'}: p50 x{ov['p50_ratio']}  p99 x{ov['p99_ratio']}")
+        print(f"overhead {'stream' if stream else 'non-stream'}: p50 x{ov['p50_ratio']}  p99 x{ov['p99_ratio']}  "
+              f"proxy CPU x{ov['cpu_ratio']} (+{ov['guard_cpu_ms_per_req']} ms per request)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     total_errors = sum(r["errors"] for r in rows)

@@ -141,6 +141,23 @@ def tight_loop_feed_cost(n: int = 20_000, interval: int = 16) -> dict:
     }
 
 
+def turn_tight_loop_cost(n: int = 20_000, interval: int = 16) -> dict:
+    """Per-chunk cost of the turn guard the integrations run (parts in, releases out), same load:
+    one reasoning part per chunk through ``TurnRunner.feed`` + ``release``, 200 ms guard."""
+    from guardrails_plugin.stream import Part, PartKind, TurnRunner
+
+    guard = make_guard(0.2)
+    runner = TurnRunner.of(guard.stream_checks(), "q", check_every_tokens=interval)
+    per = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        runner.feed(i, [Part(PartKind.REASONING, f"w{i} ")])
+        runner.release()
+        per.append((time.perf_counter() - t0) * 1e6)
+    runner.finish()
+    return {"chunks": n, "chunk_us_median": statistics.median(per), "chunk_us_p99": pct(per, 99)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="ReasoningMonitor benchmark")
     p.add_argument("--rate", type=float, default=150.0, help="decoder tokens per second")
@@ -157,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         f"p99 {tight['feed_us_p99']:.1f} us, p99.9 {tight['feed_us_p999']:.1f} us "
         f"({tight['checks_run']} checks run, {tight['coalesced']} coalesced)\n"
     )
+    turn = turn_tight_loop_cost()
+    print(f"turn guard, {turn['chunks']} chunks, same load: feed+release median {turn['chunk_us_median']:.1f} us, "
+          f"p99 {turn['chunk_us_p99']:.1f} us\n")
     rows = []
     print(f"decoder {args.rate:.0f} tok/s, {args.trials} harmful streams + benign 1k-token streams per row")
     print("| interval | guard ms | feed() us/token | checks / 1k tokens | lag p50 | lag p95 | exposure p50 | exposure p95 | missed |")
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     if args.json:
-        args.json.write_text(json.dumps({"tight_loop": tight, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"tight_loop": tight, "turn_tight_loop": turn, "rows": rows}, indent=2))
     return 0
 
 

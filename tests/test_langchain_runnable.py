@@ -262,3 +262,22 @@ async def test_prompt_redaction_blocks_since_a_wrapper_cannot_rewrite_the_input(
     assert out.content == guard.config.refusal_message and model.calls == 0
     chunks = [c async for c in GuardedRunnable(model, guard).astream(f"my secret is {MARKER}")]
     assert extract_deltas(chunks[-1])[1] == guard.config.refusal_message and model.calls == 0
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_responses_reasoning_summaries_are_judged_and_unknown_shapes_fail_closed(use_async):
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    async def run(guard, msg):
+        g = GuardedRunnable(GenericFakeChatModel(messages=iter([msg])), guard)
+        return await g.ainvoke("q") if use_async else g.invoke("q")
+
+    guard, _ = scripted_guard(latency_s=0.0)
+    summary = {"type": "reasoning", "summary": [{"type": "summary_text", "text": f"plan the {MARKER}"}]}
+    out = await run(guard, AIMessage(content=[summary, {"type": "text", "text": "ok"}]))
+    assert out.content == guard.config.refusal_message and out.response_metadata[META_KEY]["stage"] == "reasoning"
+    odd = AIMessage(content=[{"type": "reasoning", "reasoning": {"opaque": 1}}, {"type": "text", "text": "ok"}])
+    out = await run(guard, odd)  # reasoning nobody can read: the fail mode (closed), not "no reasoning"
+    assert out.content == guard.config.refusal_message and "bad_input" in out.response_metadata[META_KEY]["reason"]
+    opened, _ = scripted_guard(latency_s=0.0, fail_mode="open")
+    assert (await run(opened, odd)).content == odd.content

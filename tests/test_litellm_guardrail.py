@@ -194,3 +194,28 @@ async def test_blocked_stream_frees_its_monitors(monkeypatch):
     assert out[-1].choices[0].finish_reason == "content_filter"
     tracks = runners[0].turn.tracks  # the reasoning, and the answer's if it began before the block
     assert tracks and {t.session_id for t in tracks} <= set(released)  # engine state freed
+
+
+async def test_stream_choices_are_guarded_separately_and_unknown_reasoning_fails_closed():
+    from litellm.types.utils import ModelResponseStream
+
+    def chunk(*deltas: dict) -> ModelResponseStream:
+        return ModelResponseStream(choices=[{"index": i, "delta": d, "finish_reason": None}
+                                            for i, d in enumerate(deltas)], model="m")
+
+    async def upstream(chunks):
+        for c in chunks:
+            yield c
+
+    data = {"messages": [{"role": "user", "content": "q"}], "model": "m"}
+    g = make()
+    # n=2: choice 1 turns harmful; its text never goes out, and the stream ends for both choices
+    two = [chunk({"content": "A calm "}, {"content": "Build a "}), chunk({"content": "story."}, {"content": "bomb now."})]
+    out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(two), data)]
+    sent = "".join(ch.delta.content or "" for c in out[:-1] for ch in c.choices)
+    assert "bomb" not in sent and [ch.finish_reason for ch in out[-1].choices] == ["content_filter"] * 2
+    # reasoning of a shape nobody can read: the fail mode (closed), never passed on unread
+    odd = [chunk({"reasoning_content": {"opaque": "x"}}), chunk({"content": "fine"})]
+    out = [c async for c in g.async_post_call_streaming_iterator_hook(None, upstream(odd), data)]
+    assert len(out) == 1 and out[0].choices[0].finish_reason == "content_filter"
+    assert out[0].provider_specific_fields["guardrails_plugin"]["reason"] == "guard_bad_input"

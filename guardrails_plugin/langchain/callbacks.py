@@ -1,36 +1,29 @@
 """GuardCallbackHandler: guards a chat model's stream from LangChain callbacks.
 
-Attach it with ``config={"callbacks": [handler]}`` (or to the model). It checks the current user
-turn when the chat model starts, feeds every streamed chunk to a turn guard
+Attach it with ``config={"callbacks": [handler]}`` (first, before handlers that forward chunks).
+It checks the user turn when the chat model starts, feeds every streamed chunk to a turn guard
 (``guardrails_plugin.stream``), raises ``GuardrailViolation`` to stop the stream as soon as a
 check blocks, and runs the end-of-turn checks when the model ends.
 
-What a callback can and cannot do: LangChain calls ``on_llm_new_token`` for a chunk just before
-the model yields it, so raising there stops the stream before that chunk reaches the caller. A
-callback cannot hold tokens back, though: every chunk that arrived before the blocking check
-returned has already been yielded, so there is no hold-back here, for the answer either. The
-caller may see up to ``detection lag`` tokens past the end of the blocking prefix
-(``handler.last_run.turn.stats(Stage.REASONING).detection_lag_tokens``). When those tokens must
-not reach the user, wrap the model in ``GuardedRunnable``; in an agent, ``GuardMiddleware``
-turns the raised violation into a refusal.
+LangChain calls ``on_llm_new_token`` just before the model yields a chunk, so raising there
+stops the stream before that chunk reaches the caller. A callback cannot hold chunks back,
+though, so nothing is held here, the answer included: the caller may see up to the detection lag
+past the blocking prefix (``handler.last_run.reasoning.stats.detection_lag_tokens``). When that
+must not happen, wrap the model in ``GuardedRunnable``; in an agent, ``GuardMiddleware`` turns the
+raised violation into a refusal. The one delay a callback can impose is a stall, once per
+reasoning segment (``gate_answer=True``): the first answer token waits for the reasoning's final
+check, so no answer follows a chain of thought nobody finished checking (one guard call).
 
-The one delay it can impose is stalling the whole stream, once per reasoning segment
-(``gate_answer=True``, the default): at the first answer token it waits for the final check of
-the reasoning, so an answer never starts after a chain of thought nobody has finished checking.
-The cost is one guard call of latency before the first answer token.
-
-LangChain swallows callback errors unless the handler sets ``raise_error=True``; both handlers
-set it, and ``run_inline=True`` so they run before the streaming handlers that forward chunks to
-the caller (LangGraph's ``stream_mode="messages"``). Add the guard handler *first*. Use
-``GuardCallbackHandler`` with sync calls and ``AsyncGuardCallbackHandler`` with async ones:
-LangChain never propagates errors of async handlers called from sync code.
+Both handlers set ``raise_error=True`` (LangChain swallows callback errors otherwise) and
+``run_inline=True``. Use ``GuardCallbackHandler`` with sync calls and ``AsyncGuardCallbackHandler``
+with async ones: LangChain never propagates errors of async handlers called from sync code.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -48,12 +41,10 @@ from ._common import turn_prompt
 
 @dataclass
 class RunState:
-    """One model run: its query, its turn guard (from the first streamed token) and the
-    decisions that mattered."""
+    """One model run: its query, its turn guard (from the first streamed token), its violation."""
 
     query: str = ""
     runner: TurnRunner | None = None
-    decisions: list[Decision] = field(default_factory=list)
     violation: GuardrailViolation | None = None
 
     turn = property(lambda self: self.runner.turn if self.runner is not None else None)
@@ -113,9 +104,7 @@ class _GuardCallbackBase:
 
     def _stop(self, state: RunState, decision: Decision | None) -> None:
         if decision is not None and (decision.blocked or (self.raise_on_redact and decision.action is Action.REDACT)):
-            if state.violation is None:
-                state.decisions.append(decision)
-                state.violation = GuardrailViolation(decision)
+            state.violation = state.violation or GuardrailViolation(decision)
             raise state.violation
 
     def _feed(self, run_id: UUID, token: Any, chunk: Any) -> RunState | None:
