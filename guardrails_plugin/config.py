@@ -259,8 +259,11 @@ class GuardConfig(BaseSettings):
     block_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="Overrides the strictness preset."
     )
+    # 0.2 is FlexGuard's "strict" cut: grey verdicts (Qwen3Guard's Controversial, mid-scale
+    # ShieldGemma / Granite / FlexGuard scores) under a moderate or loose policy go to a person
+    # instead of passing unseen. Without escalation_hold the content still passes; null disables.
     escalate_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Risks in [escalate, block) escalate instead of allow."
+        0.2, ge=0.0, le=1.0, description="Risks in [escalate, block) escalate instead of allow."
     )
     escalation_hold: bool = Field(False, description="Hold (block) escalated content until reviewed.")
     fail_mode: FailMode = "closed"

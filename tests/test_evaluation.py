@@ -138,7 +138,7 @@ async def test_exact_metrics_on_small_files(tmp_path: Path, flex_config: GuardCo
     assert report["parse_failures"]["count"] == 1
     assert report["parse_failures"]["by_kind"] == {"unparseable": 1}
     assert report["parse_failures"]["indices"] == [7]
-    assert report["actions"] == {"block": 5, "allow": 3}
+    assert report["actions"] == {"block": 5, "escalate": 2, "allow": 1}  # 0.3 and 0.2: the default band
     assert report["threshold"] == 0.4 and report["mode"] == "full"
     assert report["guards"][0]["name"] == "FlexGuard-8B" and report["guards"][0]["family"] == "flexguard"
     assert set(report["latency_ms"]) == {"mean", "p50", "p90", "p99", "max"}

@@ -99,14 +99,15 @@ def _guard(**cfg: object) -> Guard:
 
 
 def test_controversial_lands_where_the_presets_say() -> None:
-    """Risk 0.3: strict (block 0.2) blocks, the authors' strict mode; moderate and loose let it
-    through (their loose mode) unless an escalate band is configured, where it escalates."""
+    """Risk 0.3: strict (block 0.2) blocks, the authors' strict mode; moderate and loose escalate it
+    (the default band starts at 0.2) and, without escalation_hold, still pass the text (their loose
+    mode); with the band switched off it is a plain allow."""
     assert _guard(strictness="strict").check_prompt("x").action is Action.BLOCK
-    d = _guard().check_prompt("x")
-    assert d.action is Action.ALLOW and d.risk == pytest.approx(0.3)  # no escalate band by default
-    esc = _guard(escalate_threshold=0.2).check_prompt("x")
+    esc = _guard().check_prompt("x")
     assert esc.action is Action.ESCALATE and esc.categories == ["MIS"] and "escalate band" in esc.reason
-    assert _guard(strictness="loose", escalate_threshold=0.2).check_prompt("x").action is Action.ESCALATE
+    assert esc.risk == pytest.approx(0.3) and not esc.blocked and esc.text == "x"
+    assert _guard(strictness="loose").check_prompt("x").action is Action.ESCALATE
+    assert _guard(escalate_threshold=None).check_prompt("x").action is Action.ALLOW
 
 
 def test_controversial_risk_option() -> None:

@@ -113,9 +113,9 @@ def _guard(**cfg: object) -> Guard:
 
 
 def test_a_mid_scale_score_lands_in_the_escalate_band() -> None:
-    d = _guard(escalate_threshold=0.2).check_prompt("P=0.3 is this ok")
+    d = _guard().check_prompt("P=0.3 is this ok")  # the default band [0.2, 0.4)
     assert d.action is Action.ESCALATE and d.risk == pytest.approx(0.3) and d.categories == ["VIO"]
-    assert _guard().check_prompt("P=0.3 is this ok").action is Action.ALLOW  # no band configured
+    assert _guard(escalate_threshold=None).check_prompt("P=0.3 is this ok").action is Action.ALLOW
     assert _guard(strictness="strict").check_prompt("P=0.3 x").action is Action.BLOCK
     high = _guard(category_actions={"VIO": "redact"}).check_prompt("P=0.9 x")
     assert high.action is Action.REDACT and high.verdicts[0].harmful  # our vocabulary drives the override

@@ -27,7 +27,7 @@ REQ = GuardRequest(stage=Stage.RESPONSE, prompt="q", response="the answer text")
     ],
 )
 def test_strictness_presets(strictness: str, risk: float, action: Action) -> None:
-    d = Policy(GuardConfig(strictness=strictness)).decide(REQ, [v(risk)])
+    d = Policy(GuardConfig(strictness=strictness, escalate_threshold=None)).decide(REQ, [v(risk)])
     assert d.action is action
     assert d.risk == pytest.approx(risk)
     assert d.text == ("the answer text" if action is Action.ALLOW else "I can't help with that.")
@@ -187,3 +187,15 @@ def test_fail_open_escalate_band_still_applies_to_judged_part() -> None:
 def test_fail_closed_block_risk_is_not_zero() -> None:
     d = Policy(GuardConfig()).decide(REQ, [v(1.0, ok=False, failure=FailureKind.ENGINE_ERROR)])
     assert d.action is Action.BLOCK and d.failure is FailureKind.ENGINE_ERROR and d.risk == 1.0
+
+
+@pytest.mark.parametrize(("strictness", "risk", "action"), [
+    ("strict", 0.19, Action.ALLOW), ("strict", 0.2, Action.BLOCK),  # strict: the band is empty
+    ("moderate", 0.19, Action.ALLOW), ("moderate", 0.2, Action.ESCALATE), ("moderate", 0.39, Action.ESCALATE),
+    ("loose", 0.5, Action.ESCALATE), ("loose", 0.6, Action.BLOCK),
+])
+def test_default_escalate_band_starts_at_0_2(strictness: str, risk: float, action: Action) -> None:
+    d = Policy(GuardConfig(strictness=strictness)).decide(REQ, [v(risk)])
+    assert d.action is action
+    if action is Action.ESCALATE:  # no hold by default: the text passes, the queue gets it
+        assert d.text == "the answer text" and not d.blocked
