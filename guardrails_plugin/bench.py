@@ -113,7 +113,7 @@ def build_engine(shape: str, device: str, *, max_batch_size: int = 64):
     import torch
     from transformers import AutoTokenizer
 
-    from .engines.transformers_engine import TransformersEngine
+    from .engines.transformers import TransformersEngine
     from .testing import build_tiny_model
 
     spec = dict(SHAPES[shape])

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..config import GuardModelConfig
     from ..models.base import GuardModel
     from .openai_engine import OpenAIEngine
-    from .transformers_engine import TransformersEngine
+    from .transformers import TransformersEngine
 
 __all__ = [
     "Engine",
@@ -44,7 +44,7 @@ _TRUTHY = {"1", "ON", "YES", "TRUE"}
 
 def __getattr__(name: str) -> Any:
     if name == "TransformersEngine":
-        from .transformers_engine import TransformersEngine
+        from .transformers import TransformersEngine
 
         return TransformersEngine
     if name == "OpenAIEngine":
@@ -143,7 +143,7 @@ def build_engine(cfg: GuardModelConfig, model: GuardModel, *, download: bool = F
             api_key=cfg.api_key,
             timeout_s=cfg.timeout_s,
         )
-    from .transformers_engine import TransformersEngine
+    from .transformers import TransformersEngine
 
     folder = resolve_weights(ref, download=download, name=model.name)
     # named after the hub id / folder, not the cache's snapshot hash

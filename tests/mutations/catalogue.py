@@ -28,7 +28,7 @@ def register(mutation: Callable[..., None]) -> None:
     mutation(
         id="engine-close-race",
         prop="no stranded guard call",
-        path="guardrails_plugin/engines/transformers_engine.py",
+        path="guardrails_plugin/engines/transformers/batching.py",
         old="            for row in rows:\n                self._queue.put(row)",
         new="            pass\n        for row in rows:\n            self._queue.put(row)",
         tests=["tests/test_transformers_engine.py::test_generate_racing_aclose_is_answered_or_refused_never_stranded"],
