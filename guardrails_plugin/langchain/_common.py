@@ -17,6 +17,7 @@ from ..types import Decision
 _REASONING_KINDS = ("reasoning", "thinking")
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _INPUT_KEYS = ("input", "question", "query", "prompt", "messages")
+_ROLES = {"user": "human", "assistant": "ai"}
 OUTPUT_KEYS = ("output", "answer", "text")
 
 #: response_metadata key marking messages written by this library (refusals, redactions)
@@ -26,11 +27,8 @@ META_KEY = "guardrails_plugin"
 def _role(m: Any) -> str | None:
     if isinstance(m, BaseMessage):
         return {"AIMessageChunk": "ai", "HumanMessageChunk": "human"}.get(m.type, m.type)
-    if isinstance(m, Mapping):
-        return {"user": "human", "assistant": "ai"}.get(m.get("role"), m.get("role") or m.get("type"))
-    if isinstance(m, tuple) and len(m) == 2:
-        return {"user": "human", "assistant": "ai"}.get(m[0], m[0])
-    return None
+    role = m.get("role") or m.get("type") if isinstance(m, Mapping) else m[0] if isinstance(m, tuple) and len(m) == 2 else None
+    return _ROLES.get(role, role) if isinstance(role, str) else None
 
 
 def turn_prompt(messages: Sequence[Any]) -> list[Any] | None:

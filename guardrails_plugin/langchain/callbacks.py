@@ -53,6 +53,10 @@ class RunState:
     answer = property(lambda self: self.turn.answer if self.turn is not None else None)
 
 
+def _settled(turn: TurnGuard) -> bool:
+    return turn.settled
+
+
 def _flushed(turn: TurnGuard) -> bool:
     """Release what may go (the gate may hold an answer token); True when nothing is left."""
     turn.release()
@@ -178,7 +182,7 @@ class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
             return
         try:
             state.runner.end()
-            state.runner.wait(TurnGuard.settled.fget)  # type: ignore[arg-type]
+            state.runner.wait(_settled)
         finally:
             state.runner.finish()
         self._stop(state, state.runner.stop)
@@ -211,7 +215,7 @@ class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
             return
         try:
             state.runner.end()
-            await state.runner.wait_async(TurnGuard.settled.fget)  # type: ignore[arg-type]
+            await state.runner.wait_async(_settled)
         finally:
             state.runner.finish()
         self._stop(state, state.runner.stop)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -291,7 +291,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
 
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         from .stream import guard_stream
 
         async for chunk in guard_stream(self, response, request_data):

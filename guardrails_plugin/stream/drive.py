@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..content import normalize_text
 from ..types import Action, Decision, GuardRequest, Stage
 from .extract import Part, PartKind
 from .monitor import Runner, StreamChecks
@@ -209,7 +210,10 @@ class Verdicts:
 
 def split(parts: Iterable[Part], index: int | None = None) -> tuple[str, str, str, list[str]]:
     """(reasoning, answer, tool-call text, unknown) of the parts (of choice ``index``)."""
-    r, a, t, u = [], [], [], []
+    r: list[str] = []
+    a: list[str] = []
+    t: list[str] = []
+    u: list[str] = []
     by_kind = {PartKind.REASONING: r, PartKind.ANSWER: a, PartKind.TOOL_CALL: t, PartKind.UNKNOWN: u}
     for p in parts:
         if index is None or p.index == index:
@@ -226,6 +230,8 @@ async def ajudge(
     BLOCK anywhere, reasoning nobody can read (closed fail mode), or a REDACT of an answer that
     carries tool calls (JSON arguments cannot be edited) refuses the turn."""
     r_text, a_text, tools, unknown = split(parts)
+    # lone surrogates become '?', as Guard.request does
+    r_text, a_text, tools = (normalize_text(x, what="output").value for x in (r_text, a_text, tools))
     meta = dict(metadata or {})
     out = Verdicts()
     checks: dict[Stage, Any] = {}
@@ -235,12 +241,10 @@ async def ajudge(
     if response and answer:
         checks[Stage.RESPONSE] = deps.check(GuardRequest(stage=Stage.RESPONSE, prompt=query, response=answer, metadata=meta))
     results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
-    if reasoning and unknown:
-        u = deps.unreadable(Stage.REASONING, "; ".join(unknown), meta)
-        if u.blocked or u.action is Action.REDACT:
-            results.setdefault(Stage.REASONING, u)
-            if not results[Stage.REASONING].blocked:
-                results[Stage.REASONING] = u
+    if reasoning and unknown:  # reasoning nobody can read: the fail mode decides, never "no reasoning"
+        u, r = deps.unreadable(Stage.REASONING, "; ".join(unknown), meta), results.get(Stage.REASONING)
+        if u.blocked and (r is None or not r.blocked):
+            results[Stage.REASONING] = u
     for stage in (Stage.REASONING, Stage.RESPONSE):
         d = results.get(stage)
         if d is not None and d.blocked and out.stop is None:

@@ -19,14 +19,19 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..content import normalize_text
 from ..types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
 from .track import Check, MonitorStats, Track
+
+if TYPE_CHECKING:
+    from ..config import GuardConfig
+    from ..policy import Policy
+    from ..runtime import LoopThread
 
 log = logging.getLogger("guardrails_plugin")
 
@@ -39,10 +44,10 @@ class StreamChecks:
     the config and policy, the engine loop, and where to report. Passed in, so the stream layer
     never reaches into the facade."""
 
-    check: Callable[[GuardRequest], Awaitable[Decision]]
-    config: Any  # GuardConfig
-    policy: Any  # Policy: decides the fail mode of content that cannot be read
-    runtime: Any  # LoopThread: runs checks for sync callers
+    check: Callable[[GuardRequest], Coroutine[Any, Any, Decision]]
+    config: GuardConfig
+    policy: Policy  # decides the fail mode of content that cannot be read
+    runtime: LoopThread  # runs checks for sync callers
     release_session: Callable[[str], None] = lambda session_id: None
     observe: Callable[[MonitorStats], None] | None = None
 
@@ -103,6 +108,7 @@ class Runner:
             view: Future[Decision] = Future()
             self.views[check] = view
             coro = self.deps.check(self._request(check))
+            fut: Any
             if self._loop is None:
                 fut = self.deps.runtime.submit(coro)
             else:
@@ -171,10 +177,14 @@ def _wake(fut: asyncio.Future[None]) -> None:
     except RuntimeError:
         here = False
     if here:
-        if not fut.done():
-            fut.set_result(None)
+        _resolve(fut)
     else:
-        loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+        loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class ReasoningMonitor:

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..content import normalize_text
 from ..types import Action, Decision, GuardRequest, Stage
 from .extract import Part, PartKind
 from .track import Check, MonitorStats, Track
+
+if TYPE_CHECKING:
+    from ..config import GuardConfig
 
 Unreadable = Callable[[Stage, str], Decision]
 
@@ -66,7 +69,7 @@ class TurnGuard:
 
     def __init__(
         self,
-        config: Any,
+        config: GuardConfig,
         query: Any = "",
         *,
         reasoning: bool = True,
