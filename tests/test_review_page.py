@@ -91,15 +91,38 @@ def by_id(driver: Any, id: str) -> Any:
     return driver.find_element(By.ID, id)
 
 
+def _detached(exc: Exception) -> bool:
+    # chromedriver reports a node of a replaced document either as stale or as this inspector error
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    return isinstance(exc, StaleElementReferenceException) or "does not belong to the document" in str(exc)
+
+
 def click(driver: Any, element: Any) -> None:
     """Click and wait for the page it loads (a click returns before navigation completes)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = driver.find_element(By.TAG_NAME, "html")
-    element.click()
-    WebDriverWait(driver, 15).until(ec.staleness_of(old))
+    try:
+        element.click()
+    except WebDriverException as exc:
+        if not _detached(exc):  # the form's navigation replaced the document mid-click: it clicked
+            raise
+
+    def page_replaced(_: Any) -> bool:
+        try:
+            old.is_enabled()
+            return False
+        except WebDriverException as exc:
+            if _detached(exc):
+                return True
+            raise
+
+    wait = WebDriverWait(driver, 15)
+    wait.until(page_replaced)
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def rows(driver: Any) -> list[int]:
