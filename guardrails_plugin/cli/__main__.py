@@ -1,0 +1,5 @@
+"""`python -m guardrails_plugin.cli`."""
+
+from . import main
+
+main()
