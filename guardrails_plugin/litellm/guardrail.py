@@ -227,7 +227,6 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         except GuardInputError as exc:
             # Content no guard can read is a guard that cannot answer: the stage's fail mode
             # (closed -> 400), never a silent pass of text nobody judged.
-            log.warning("guardrails-plugin could not read the prompt: %s", exc)
             return self.guard.stream_checks().unreadable(Stage.PROMPT, str(exc), {"guardrail": self._name()})
 
     def query_text(self, data: Mapping[str, Any]) -> str:

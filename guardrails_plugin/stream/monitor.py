@@ -55,7 +55,9 @@ class StreamChecks:
         """The stage's fail-mode decision for content no guard can read: unknown is unsafe."""
         request = GuardRequest(stage=stage, metadata=dict(metadata or {}))
         verdict = Verdict(guard="input", stage=stage, risk=1.0, parse_error=why, failure=FailureKind.BAD_INPUT)
-        return self.policy.decide(request, [verdict])
+        decision = self.policy.decide(request, [verdict])
+        log.warning("guardrails-plugin cannot read the %s (%s): %s by the fail mode", stage, why, decision.action)
+        return decision
 
     def finished(self, tracks: Iterable[Track]) -> None:
         """A stream is over: free its engine state (KV caches) and record its stats. Never raises."""
