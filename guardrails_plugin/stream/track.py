@@ -40,6 +40,12 @@ class MonitorStats(BaseModel):
     feed_time_us_total: float = 0.0
 
 
+def stops(decision: Decision) -> bool:
+    """The stop rule of a stream: BLOCK (or a held ESCALATE) and REDACT end it; a redaction of a
+    streamed prefix cannot be applied to text already sent."""
+    return decision.blocked or decision.action is Action.REDACT
+
+
 class Check:
     """A check the owner must run: the track's first ``chars`` characters (``tokens`` tokens)."""
 
@@ -146,7 +152,7 @@ class Track:
             self.inflight = None
         self.last_decision = decision
         if self.decision is None:
-            if decision.blocked or decision.action is Action.REDACT:
+            if stops(decision):
                 self._abort(decision, check)
             else:
                 self.covered = max(self.covered, check.chars)

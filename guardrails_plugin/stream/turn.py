@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from ..content import normalize_text
 from ..types import Action, Decision, GuardRequest, Stage
 from .extract import Part, PartKind
-from .track import Check, MonitorStats, Track
+from .track import Check, MonitorStats, Track, stops
 
 if TYPE_CHECKING:
     from ..config import GuardConfig
@@ -170,7 +170,7 @@ class TurnGuard:
             d = Decision(action=Action.BLOCK, stage=Stage.REASONING, text=self._refusal, reason=f"guard_bad_input: {why}")
         else:
             d = self._unreadable(Stage.REASONING, why)
-        if d.blocked or d.action is Action.REDACT:
+        if stops(d):
             self.abort(d)
             return False
         return True
