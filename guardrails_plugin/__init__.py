@@ -11,7 +11,6 @@ from .errors import (
     GuardEngineError,
     GuardError,
     GuardInputError,
-    GuardParseError,
     GuardrailViolation,
     GuardTimeoutError,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "GuardError",
     "GuardInputError",
     "GuardModelConfig",
-    "GuardParseError",
     "GuardRequest",
     "GuardTimeoutError",
     "GuardrailViolation",

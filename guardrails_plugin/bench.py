@@ -223,7 +223,8 @@ def _sync(engine) -> None:
 def bench_shape(shape: str, device: str, args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
     from .engines.base import GenerationRequest
     from .models import ReasoningShield
-    from .scoring import REASONINGSHIELD_PREFIX, spec_for
+    from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
+    from .scoring import spec_for
     from .types import GuardRequest, Stage
 
     t_start = time.perf_counter()
@@ -312,7 +313,7 @@ def bench_monitor(engine, mn: dict[str, float], args: argparse.Namespace, hw: di
     generated, with and without session KV reuse; against one end-of-trace check."""
     from .engines.base import GenerationRequest
     from .engines.logprobs import ScoreRequest
-    from .scoring import REASONINGSHIELD_PREFIX
+    from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
 
     total = args.monitor_tokens
     msgs, _ = rs_messages(engine, args.monitor_system_tokens + total, trace_tokens=total)

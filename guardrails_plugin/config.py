@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .circuit import CircuitConfig
+from .engines.breaker import CircuitConfig
 from .errors import GuardConfigError
 from .models import get_model_class
 from .types import Action, Stage
@@ -284,7 +284,7 @@ class GuardConfig(BaseSettings):
     audit: AuditConfig | None = Field(None, description="Audit trail and review queue (see observe/).")
     notify: NotifyConfig | None = Field(None, description="Webhook on escalations (see observe/webhooks.py).")
     circuit: CircuitConfig = Field(
-        default_factory=CircuitConfig, description="Per-engine circuit breaker (see circuit.py)."
+        default_factory=CircuitConfig, description="Per-engine circuit breaker (see engines/breaker.py)."
     )
 
     @field_validator("stages", mode="before")

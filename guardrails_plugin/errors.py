@@ -1,11 +1,28 @@
-"""Exceptions. Every error the library raises on purpose is a GuardError."""
+"""Exceptions and failure kinds. Every error the library raises on purpose is a GuardError.
+
+This module is the bottom of the package's import graph: it imports nothing from the package, so
+every other module may import it (types.py re-exports ``FailureKind``).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from enum import Enum
+from typing import Any
 
-if TYPE_CHECKING:
-    from .types import Decision
+
+class FailureKind(str, Enum):
+    """Why a guard could not give a verdict. Carried on Verdict and Decision so callers can tell
+    a real judgement from a fail-mode outcome, and on GuardEngineError (``kind``) so the runner
+    maps an engine failure without reading its message."""
+
+    ENGINE_ERROR = "engine_error"  #: the engine raised (down, reset, HTTP 5xx, bad reply)
+    TIMEOUT = "timeout"  #: the per-call deadline passed
+    UNPARSEABLE = "unparseable"  #: the guard answered but not in its protocol's format
+    CIRCUIT_OPEN = "circuit_open"  #: the engine's circuit breaker refused the call
+    BAD_INPUT = "bad_input"  #: the content could not be turned into a guard input
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class GuardError(Exception):
@@ -13,19 +30,20 @@ class GuardError(Exception):
 
 
 class GuardrailViolation(GuardError):
-    """Content was blocked (or held for review). Carries the Decision that blocked it."""
+    """Content was blocked (or held for review). ``decision`` is the ``types.Decision`` that
+    blocked it (annotated loosely: this module sits below types.py in the import graph)."""
 
-    def __init__(self, decision: Decision, message: str | None = None):
+    def __init__(self, decision: Any, message: str | None = None):
         self.decision = decision
         super().__init__(message or f"{decision.stage} blocked: {decision.reason}")
 
 
 class GuardEngineError(GuardError):
-    """The engine could not produce a completion (down, timeout, HTTP error, crash)."""
+    """The engine could not produce a completion (down, timeout, HTTP error, crash). ``kind`` is
+    the FailureKind a check that meets it records."""
 
-    def __init__(self, message: str, *, kind: str = "engine_error", retryable: bool = False):
-        self.kind = kind
-        self.retryable = retryable
+    def __init__(self, message: str, *, kind: FailureKind = FailureKind.ENGINE_ERROR):
+        self.kind = FailureKind(kind)
         super().__init__(message)
 
 
@@ -33,16 +51,13 @@ class GuardTimeoutError(GuardEngineError):
     """The engine did not answer within the deadline."""
 
     def __init__(self, message: str):
-        super().__init__(message, kind="timeout", retryable=True)
+        super().__init__(message, kind=FailureKind.TIMEOUT)
 
 
-class GuardParseError(GuardError):
-    """A guard completion did not follow its protocol. Parsers return parse_ok=False instead of
-    raising; this is raised only where a caller asks for strictness (e.g. ``Verdict`` required)."""
-
-    def __init__(self, message: str, raw_output: str = ""):
-        self.raw_output = raw_output
-        super().__init__(message)
+class ScoringUnsupported(GuardError, NotImplementedError):
+    """An engine cannot fast-score this request (``Engine.score``): it has no scoring at all
+    (ScriptedEngine), or cannot send the forced prefix the guard family needs (a raw prefix over
+    an OpenAI-compatible chat endpoint). Not an engine failure: the runner generates instead."""
 
 
 class GuardConfigError(GuardError, ValueError):
@@ -56,7 +71,7 @@ class GuardServerConfigError(GuardConfigError, GuardEngineError):
     that meets it ends in the stage's fail mode like any other engine error."""
 
     def __init__(self, message: str):
-        GuardEngineError.__init__(self, message, kind="config", retryable=False)
+        GuardEngineError.__init__(self, message)
 
 
 class GuardInputError(GuardError, TypeError):

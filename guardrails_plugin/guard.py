@@ -7,7 +7,6 @@ Every check is async underneath and runs its engine work on the library's own lo
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
@@ -15,18 +14,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .audit import Auditor, AuditWriteError, auditor_from_config
-from .circuit import BreakerEngine, CircuitBreaker
-from .config import GuardConfig, GuardModelConfig, find_model
+from .config import GuardConfig, find_model
 from .content import normalize_text
-from .engines import Engine, build_engine, describe_engine, engine_key
-from .errors import GuardConfigError, GuardEngineError, GuardInputError, GuardTimeoutError
+from .engines import Engine, as_engine
+from .engines.breaker import BreakerEngine, CircuitBreaker
+from .errors import GuardConfigError, GuardInputError
 from .explain import explain_failure
+from .loading import build_engine, describe_engine, engine_key
 from .models import GuardModel, get_model_class
+from .observe import Auditor, AuditWriteError, auditor_from_config
 from .policy import Policy
-from .runtime import LoopThread, default_loop, we_are_cancelled
-from .types import Action, Decision, FailureKind, GuardRequest, Stage, Verdict
-from .windowing import clip_context, split_windows
+from .runner import Runner, release_stream
+from .runtime import LoopThread, default_loop
+from .types import Action, Decision, GuardRequest, Stage
 
 if TYPE_CHECKING:
     from .stream.monitor import ReasoningMonitor, StreamChecks
@@ -50,12 +50,15 @@ class Guard:
     def __init__(self, config: GuardConfig | None = None, *, engine: Engine | None = None):
         self.config = config or GuardConfig()
         self.policy = Policy(self.config)
-        self._engine_override = engine
         self._models: dict[str, GuardModel] = {}
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._engines_lock = threading.RLock()
-        self._override: Engine | None = None  # the override, wrapped in its circuit breaker
+        #: the ``engine=`` override, completed to the Engine protocol and wrapped in its breaker
+        self._override: Engine | None = self._with_breaker(engine) if engine is not None else None
         self._runtime: LoopThread = default_loop()
+        #: the per-model pipeline (windows, session keys, deadlines, failure verdicts; fast and
+        #: cascade counters in ``runner.stats``)
+        self.runner = Runner(self.config, model=self.model, engine=self._aengine)
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
         self.hooks: list[DecisionHook] = []
         for stage, sc in self.config.stages.items():
@@ -116,9 +119,7 @@ class Guard:
         through the engine's circuit breaker, everything else is delegated (``.inner`` is the
         engine itself)."""
         with self._engines_lock:  # two first checks at once must not load the weights twice
-            if self._engine_override is not None:
-                if self._override is None:
-                    self._override = self._with_breaker(self._engine_override)
+            if self._override is not None:
                 return self._override
             key = self._engine_key(name)
             if key not in self._engines:
@@ -165,17 +166,22 @@ class Guard:
             raise GuardConfigError("cannot load the guard models:\n- " + "\n- ".join(problems))
         return self
 
-    def _with_breaker(self, engine: Engine) -> Engine:
+    def _with_breaker(self, engine: Any) -> Engine:
+        """``engine`` completed to the Engine protocol (``as_engine``) and, with
+        ``config.circuit.enabled``, behind its own circuit breaker (``.inner`` is ``engine``)."""
+        completed = as_engine(engine)
         cc = self.config.circuit
         if not cc.enabled:
-            return engine
-        name = getattr(engine, "name", type(engine).__name__)
-        return BreakerEngine(engine, CircuitBreaker.from_config(name, cc))  # type: ignore[return-value]
+            return completed
+        return BreakerEngine(engine, CircuitBreaker.from_config(completed.name, cc))
+
+    def _built(self) -> list[Engine]:
+        """The engines built so far (the override, or one per distinct configuration)."""
+        return [self._override] if self._override is not None else list(self._engines.values())
 
     def circuit_breakers(self) -> list[CircuitBreaker]:
         """The circuit breakers of the engines built so far (metrics read their state)."""
-        engines = [self._override] if self._override is not None else list(self._engines.values())
-        return [e.breaker for e in engines if isinstance(e, BreakerEngine)]
+        return [e.breaker for e in self._built() if isinstance(e, BreakerEngine)]
 
     # -- checks -------------------------------------------------------------------------------
     def check(self, request: GuardRequest) -> Decision:
@@ -272,9 +278,7 @@ class Guard:
         elif not request.target.strip():
             decision = self.policy.empty(request, unguarded=unguarded)
         else:
-            results = await asyncio.gather(
-                *(self._run_model(name, request) for name in stage_cfg.guards)
-            )
+            results = await asyncio.gather(*(self.runner.run(name, request) for name in stage_cfg.guards))
             verdicts = [v for vs in results for v in vs]
             decision = self.policy.decide(
                 request,
@@ -289,79 +293,6 @@ class Guard:
         await self._emit(request, decision)
         return decision
 
-    async def _run_model(self, name: str, request: GuardRequest) -> list[Verdict]:
-        """Verdicts of one guard model on ``request``: one per window of the judged text.
-        ``config.mode`` "fast" / "cascade" go through fast scoring (scoring.py)."""
-        if self.config.mode != "full":
-            from .scoring import run_scored
-
-            return await run_scored(self, name, request)
-        return await self._run_full(name, request)
-
-    async def _run_full(
-        self, name: str, request: GuardRequest, *, window_index: int | None = None
-    ) -> list[Verdict]:
-        """Full generation: one verdict per window. ``window_index``: the caller's window number
-        when ``request`` already is one window (the cascade), for the KV-reuse session key."""
-        from .scoring import session_key
-
-        model = self.model(name)
-        mc: GuardModelConfig = self.config.models[name]
-        request = self.fit_context(name, request)
-        text = request.target
-        spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
-        try:
-            inputs = [model.build_input(request.with_target(text[s:e])) for s, e in spans]
-            # A monitor's checks of one growing text share a session: the engine may reuse the KV
-            # cache of the previous check's prefix (TransformersEngine).
-            keys = [session_key(request, name, i if window_index is None else window_index)
-                    for i in range(len(spans))]
-            inputs = [dataclasses.replace(inp, session_id=k) if k else inp for inp, k in zip(inputs, keys, strict=True)]
-        except Exception as exc:  # an adapter that cannot build an input must not crash the check
-            log.exception("guard %s could not build its input", name)
-            return [self._failure(name, request.stage, FailureKind.BAD_INPUT, repr(exc))]
-        start = time.perf_counter()
-        try:
-            engine = await self._aengine(name)
-            completions = await asyncio.wait_for(
-                engine.generate(inputs, timeout=mc.timeout_s), timeout=mc.timeout_s
-            )
-        except asyncio.CancelledError as exc:
-            if we_are_cancelled():
-                raise
-            return self._engine_failure(name, request.stage, exc, mc.timeout_s)
-        except Exception as exc:  # any engine bug is an engine failure, never an unhandled error
-            return self._engine_failure(name, request.stage, exc, mc.timeout_s)
-        latency_ms = (time.perf_counter() - start) * 1e3
-        bad_batch = self._batch_error(completions, len(inputs), "completions")
-        if bad_batch:
-            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR, bad_batch)]
-        if not all(isinstance(c, str) for c in completions):
-            bad = next(type(c).__name__ for c in completions if not isinstance(c, str))
-            return [self._failure(name, request.stage, FailureKind.ENGINE_ERROR,
-                                  f"engine returned a {bad} completion")]
-        verdicts = []
-        for (s, e), completion in zip(spans, completions, strict=True):
-            try:
-                v = model.parse(completion, request.stage)
-            except Exception as exc:  # parsers never raise; if one does, it fails visibly
-                log.exception("guard %s parser raised", name)
-                v = model.unparseable(completion, request.stage, f"parser error: {exc!r}")
-            verdicts.append(
-                v.model_copy(update={"latency_ms": latency_ms, "window": (s, e), "stage": request.stage})
-            )
-        return verdicts
-
-    def fit_context(self, name: str, request: GuardRequest) -> GuardRequest:
-        """``request`` with the query it carries as context clipped to a quarter of the guard's
-        input budget (reasoning and response checks), so every window still fits the guard."""
-        if request.stage is Stage.PROMPT:
-            return request
-        budget = max(1, self.config.models[name].max_input_chars // 4)
-        if len(request.prompt) <= budget:
-            return request
-        return request.model_copy(update={"prompt": clip_context(request.prompt, budget)})
-
     def _explain_failure(self, request: GuardRequest, decision: Decision) -> Decision:
         """Log the errors behind a fail-mode decision once, in full (explain.py), and return the
         decision with URLs cut from what callers and clients see."""
@@ -370,46 +301,13 @@ class Guard:
         return shown
 
     def _engine_desc(self, name: str) -> str:
-        if self._engine_override is not None:
-            return str(getattr(self._engine_override, "name", type(self._engine_override).__name__))
+        if self._override is not None:
+            return self._override.name
         try:  # a log line must never raise
             model = self.model(name)
             return describe_engine(self.config.models[model.name], model)
         except GuardConfigError:
             return "?"
-
-    def _engine_failure(self, name: str, stage: Stage, exc: BaseException, timeout_s: float) -> list[Verdict]:
-        """The failure verdict for an exception out of an engine call (generate or score)."""
-        if isinstance(exc, (asyncio.TimeoutError, GuardTimeoutError)):
-            return [self._failure(name, stage, FailureKind.TIMEOUT, f"deadline {timeout_s}s: {exc}")]
-        if isinstance(exc, GuardEngineError):
-            kind = FailureKind.CIRCUIT_OPEN if exc.kind == "circuit_open" else FailureKind.ENGINE_ERROR
-            return [self._failure(name, stage, kind, str(exc))]
-        if isinstance(exc, GuardConfigError):  # the engine could not be built (weights missing)
-            return [self._failure(name, stage, FailureKind.ENGINE_ERROR, f"not loaded: {exc}")]
-        if isinstance(exc, asyncio.CancelledError):
-            # The engine cancelled something of its own and let it escape (the caller has checked
-            # that it is not our own cancellation).
-            return [self._failure(name, stage, FailureKind.ENGINE_ERROR, "engine raised CancelledError")]
-        # not one of ours: an engine bug. The fail-mode decision logs it once (_explain_failure);
-        # the traceback is for debugging.
-        log.debug("engine for %s raised", name, exc_info=exc)
-        return [self._failure(name, stage, FailureKind.ENGINE_ERROR, repr(exc))]
-
-    @staticmethod
-    def _batch_error(results: Any, expected: int, what: str) -> str | None:
-        """Why an engine's batch result is malformed (not a list of ``expected`` items), or None."""
-        if isinstance(results, (list, tuple)) and len(results) == expected:
-            return None
-        n = len(results) if isinstance(results, (list, tuple)) else type(results).__name__
-        return f"engine returned {n} {what} for {expected} inputs"
-
-    @staticmethod
-    def _failure(name: str, stage: Stage, kind: FailureKind, why: str) -> Verdict:
-        return Verdict(
-            guard=name, stage=stage, risk=1.0, parse_ok=kind is not FailureKind.UNPARSEABLE,
-            parse_error=why, failure=kind,
-        )
 
     async def _emit(self, request: GuardRequest, decision: Decision) -> None:
         for hook in list(self.hooks):
@@ -425,32 +323,17 @@ class Guard:
                 log.exception("decision hook %r failed", hook)
 
     def release_session(self, session_id: str) -> None:
-        """Drop the engines' KV caches kept for ``session_id`` (a monitor closed). Never raises."""
-        engines = [self._override] if self._override is not None else list(self._engines.values())
-        for e in engines:
-            release = getattr(e, "release_session", None)
-            drop = getattr(e, "session_ids", None)
-            if release is None:
-                continue
-            try:
-                # Keys are "{session_id}|{guard}|{window}" (scoring.session_key).
-                for key in (drop() if drop else []):
-                    if key.split("|", 1)[0] == session_id:
-                        release(key)
-            except Exception:
-                log.exception("releasing session %s on %s failed", session_id, getattr(e, "name", e))
+        """Drop the engines' KV caches kept for the stream ``session_id`` (a monitor closed), for
+        every guard model and window. Never raises."""
+        release_stream(self._built(), session_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:
-        if self._engine_override is not None:
-            engines = [self._override or self._engine_override]
-        else:
-            engines = list(self._engines.values())
-        for e in engines:
+        for e in self._built():
             try:
                 await e.aclose()
             except Exception:
-                log.exception("closing engine %s failed", getattr(e, "name", e))
+                log.exception("closing engine %s failed", e.name)
         self._engines.clear()
 
     def close(self) -> None:

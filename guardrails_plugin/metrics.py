@@ -38,17 +38,23 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .circuit import STATE_CODES
+from .engines.breaker import STATE_CODES
 from .types import Action, Decision, GuardRequest, Stage
 
-if TYPE_CHECKING:
-    from .guard import Guard
+
+class Observed(Protocol):
+    """What metrics read of a Guard: its decision hooks and circuit breakers. The Guard is passed
+    in; the facade is never imported here (dependencies point down)."""
+
+    hooks: list[Any]
+
+    def circuit_breakers(self) -> list[Any]: ...
 
 log = logging.getLogger("guardrails_plugin.metrics")
 
@@ -168,7 +174,7 @@ class GuardMetrics:
             "guardrails_audit_retries", "Audit batch writes retried while the store was unreachable.",
             registry=r,
         )
-        self._guards: weakref.WeakSet[Guard] = weakref.WeakSet()
+        self._guards: weakref.WeakSet[Observed] = weakref.WeakSet()
         self._auditors: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._circuit_seen: dict[str, tuple[int, int]] = {}
@@ -192,7 +198,7 @@ class GuardMetrics:
             log.warning("tracing requested but opentelemetry is not importable")
 
     # -- wiring ----------------------------------------------------------------------------------
-    def attach(self, guard: Guard) -> GuardMetrics:
+    def attach(self, guard: Observed) -> GuardMetrics:
         """Record ``guard``'s decisions (idempotent)."""
         with self._lock:
             if guard in self._guards:
@@ -309,7 +315,7 @@ _by_guard: weakref.WeakKeyDictionary[Any, GuardMetrics] = weakref.WeakKeyDiction
 _registry_lock = threading.RLock()
 
 
-def attach_metrics(guard: Guard, registry: CollectorRegistry | None = None, *,
+def attach_metrics(guard: Observed, registry: CollectorRegistry | None = None, *,
                    tracer_provider: Any = None, tracing: bool | None = None) -> GuardMetrics:
     """Record ``guard``'s decisions in Prometheus metrics (and OpenTelemetry spans when
     ``opentelemetry`` is importable; ``tracing=False`` turns spans off).
@@ -327,12 +333,12 @@ def attach_metrics(guard: Guard, registry: CollectorRegistry | None = None, *,
     return m.attach(guard)
 
 
-def metrics_for(guard: Guard) -> GuardMetrics | None:
+def metrics_for(guard: Observed) -> GuardMetrics | None:
     """The GuardMetrics attached to ``guard``, if any."""
     return _by_guard.get(guard)
 
 
-def observe_monitor(stats: Any, *, guard: Guard | None = None, stage: Stage | str | None = None,
+def observe_monitor(stats: Any, *, guard: Observed | None = None, stage: Stage | str | None = None,
                     aborted: bool | None = None) -> None:
     """Record a finished monitored stream in the metrics attached to ``guard`` (no-op when none
     are). Called by ReasoningMonitor on close; never raises."""

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import FailureKind, GuardrailViolation
+
 
 class Stage(str, Enum):
     """Where in an agent's turn the checked text comes from."""
@@ -31,20 +33,6 @@ class Action(str, Enum):
     BLOCK = "block"
     REDACT = "redact"
     ESCALATE = "escalate"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class FailureKind(str, Enum):
-    """Why a guard could not give a verdict. Carried on Verdict and Decision so callers can tell
-    a real judgement from a fail-mode outcome."""
-
-    ENGINE_ERROR = "engine_error"  #: the engine raised (down, reset, HTTP 5xx, bad reply)
-    TIMEOUT = "timeout"  #: the per-call deadline passed
-    UNPARSEABLE = "unparseable"  #: the guard answered but not in its protocol's format
-    CIRCUIT_OPEN = "circuit_open"  #: the engine's circuit breaker refused the call
-    BAD_INPUT = "bad_input"  #: the content could not be turned into a guard input
 
     def __str__(self) -> str:
         return self.value
@@ -143,7 +131,8 @@ class Decision(BaseModel):
     def raise_for_action(self) -> Decision:
         """Raise GuardrailViolation on BLOCK (and on a held ESCALATE); return self otherwise."""
         if self.blocked:
-            from .errors import GuardrailViolation
-
             raise GuardrailViolation(self)
         return self
+
+
+__all__ = ["Action", "Decision", "FailureKind", "GuardRequest", "Stage", "Verdict"]

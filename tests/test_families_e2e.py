@@ -29,7 +29,7 @@ from families_support import tiny_dir
 from guardrails_plugin import Action, Guard, GuardConfig, Stage
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.models import get_model_class
-from guardrails_plugin.scoring import score_texts
+from guardrails_plugin.scoring import to_verdict
 from guardrails_plugin.testing import build_tiny_model, script_completion
 from guardrails_plugin.types import GuardRequest
 
@@ -277,7 +277,8 @@ def test_fast_score_reads_the_named_position(tmp_path_factory, family, tiny, lab
     spec = model.fast_spec(req)
     ids = engine.request_ids(spec.score.request)  # template + the forced "\n\n" (Llama Guard) or nothing
     manual = _manual_probs(d, ids, list(labels))
-    (v,) = asyncio.run(score_texts(engine, model, [req], timeout=120))
+    (res,) = asyncio.run(engine.score([spec.score], timeout=120))
+    v = to_verdict(model, spec.read(res), Stage.PROMPT)
     probs = json.loads(v.raw_output)["probs"]
     for lab in labels:
         assert probs[lab] == pytest.approx(manual[lab], rel=1e-3, abs=1e-6)

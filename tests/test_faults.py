@@ -19,7 +19,7 @@ import pytest
 from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, GuardModelConfig, Stage
 from guardrails_plugin.circuit import BreakerEngine, CircuitBreaker, CircuitConfig, CircuitState
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.errors import GuardEngineError
+from guardrails_plugin.errors import GuardEngineError, ScoringUnsupported
 from guardrails_plugin.policy import FAILURE_REASONS
 
 try:
@@ -454,7 +454,7 @@ def test_breaker_state_machine_with_fake_clock() -> None:
     assert br.state is CircuitState.OPEN and changes == [("closed", "open")]
     with pytest.raises(GuardEngineError) as ei:
         br.acquire()
-    assert ei.value.kind == "circuit_open" and "boom" in str(ei.value) and "next probe in 10.0s" in str(ei.value)
+    assert ei.value.kind is FailureKind.CIRCUIT_OPEN and "boom" in str(ei.value) and "next probe in 10.0s" in str(ei.value)
     clock.t += 9.9
     with pytest.raises(GuardEngineError):
         br.acquire()
@@ -502,7 +502,7 @@ async def test_breaker_engine_cancel_before_deadline_is_not_a_failure() -> None:
     assert br.state is CircuitState.OPEN
 
 
-async def test_breaker_engine_wraps_score_only_when_inner_scores() -> None:
+async def test_breaker_engine_counts_score_failures_but_not_missing_scoring() -> None:
     class Scorer:
         name = "scorer"
         fail = True
@@ -528,9 +528,13 @@ async def test_breaker_engine_wraps_score_only_when_inner_scores() -> None:
             await eng.score([1])
     with pytest.raises(GuardEngineError) as ei:
         await eng.score([1])
-    assert ei.value.kind == "circuit_open"
-    # An engine without score() does not grow one by being wrapped.
-    assert not hasattr(BreakerEngine(ScriptedEngine(["x"]), CircuitBreaker("s")), "score")
+    assert ei.value.kind is FailureKind.CIRCUIT_OPEN
+    # An engine that cannot score says so (ScoringUnsupported) and that is no failure of it.
+    quiet = CircuitBreaker("s", failure_threshold=1)
+    for _ in range(3):
+        with pytest.raises(ScoringUnsupported):
+            await BreakerEngine(ScriptedEngine(["x"]), quiet).score([1])
+    assert quiet.state is CircuitState.CLOSED and quiet.stats["failures"] == 0
 
 
 def test_half_open_probe_slot_is_released_on_a_base_exception() -> None:

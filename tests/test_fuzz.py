@@ -57,7 +57,7 @@ EXCEPTIONS = [
     RuntimeError("boom"), ValueError("bad"), KeyError("k"), TypeError("t"), ZeroDivisionError(),
     ConnectionResetError("reset"), OSError("io"), MemoryError(), AttributeError("a"),
     RecursionError(), UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"), AssertionError("a"),
-    GuardEngineError("down"), GuardEngineError("http 500", retryable=True), GuardTimeoutError("slow"),
+    GuardEngineError("down"), GuardEngineError("http 500"), GuardTimeoutError("slow"),
     asyncio.TimeoutError(), NotImplementedError(), StopIteration(),
 ]
 

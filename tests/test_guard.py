@@ -180,7 +180,7 @@ def test_guard_model_that_cannot_judge_a_stage_is_a_config_error() -> None:
 
 
 def test_model_size_follows_the_guard_name_when_no_model_is_given() -> None:
-    from guardrails_plugin.engines import engine_key
+    from guardrails_plugin.loading import engine_key
 
     cfg = GuardConfig(models={
         "GuardReasoner-8B": GuardModelConfig(family="guardreasoner"),

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from guardrails_plugin.engines.base import GenerationRequest
+from guardrails_plugin.engines.base import GenerationRequest, SessionKey
 from guardrails_plugin.engines.openai_engine import OpenAIEngine
 from guardrails_plugin.engines.openai_wire import rendezvous_order, routing_key
 from guardrails_plugin.errors import GuardConfigError, GuardEngineError, GuardServerConfigError
@@ -22,8 +22,10 @@ except ImportError:  # tests/ as a package
     from tests.fake_openai_server import FakeOpenAIServer, Reply, dead_url
     from tests.guard_replica import GuardReplica
 
-def req(session: str | None = None, text: str = "p") -> GenerationRequest:
-    return GenerationRequest(messages=({"role": "user", "content": text},), session_id=session)
+def req(stream: str | None = None, text: str = "p", *, window: int = 0) -> GenerationRequest:
+    """A request of guard "G" on ``window`` of ``stream`` (None: outside any stream)."""
+    key = SessionKey(stream, "G", window) if stream is not None else None
+    return GenerationRequest(messages=({"role": "user", "content": text},), session_id=key)
 
 
 @pytest.fixture
@@ -42,8 +44,8 @@ async def make_engine() -> AsyncIterator[Callable[..., OpenAIEngine]]:
 
 
 def test_routing_key_is_the_monitor_part_of_the_session() -> None:
-    assert routing_key(req("mon1|ReasoningShield-1B|0")) == routing_key(req("mon1|ReasoningShield-1B|3")) == "mon1"
-    assert routing_key(req(None)) is None and routing_key(req("|x")) is None
+    assert routing_key(req("mon1")) == routing_key(req("mon1", window=3)) == "mon1"
+    assert routing_key(req(None)) is None and routing_key(req("")) is None
     urls = [f"http://h{i}:1" for i in range(5)]
     order = rendezvous_order("mon1", urls)
     assert sorted(order) == sorted(urls) and rendezvous_order("mon1", list(reversed(urls))) == order
@@ -57,8 +59,8 @@ def test_routing_key_is_the_monitor_part_of_the_session() -> None:
 async def test_stream_checks_carry_one_session_header(make_engine: Callable[..., OpenAIEngine]) -> None:
     with FakeOpenAIServer() as srv:
         e = make_engine(srv.base_url)
-        await e.generate([req("monA|G|0"), req("monA|G|1")])
-        await e.generate([req("monB|G|0")])
+        await e.generate([req("monA"), req("monA", window=1)])
+        await e.generate([req("monB")])
         await e.generate([req(None), req(None)])
         sent = [r.headers.get("x-session-id") for r in srv.completion_requests()]
         assert sent[:3] == ["monA", "monA", "monB"]
@@ -66,13 +68,13 @@ async def test_stream_checks_carry_one_session_header(make_engine: Callable[...,
         assert all("session_params" not in b for b in srv.bodies)
 
         e2 = make_engine(srv.base_url, session_header="x-routing-key", session_field=True)
-        await e2.generate([req("monC|G|0")])
+        await e2.generate([req("monC")])
         last = srv.completion_requests()[-1]
         assert last.headers.get("x-routing-key") == "monC" and "x-session-id" not in last.headers
         assert last.body["session_params"] == {"session_id": "monC"}
 
         e3 = make_engine(srv.base_url, session_header=None)
-        await e3.generate([req("monD|G|0")])
+        await e3.generate([req("monD")])
         assert not any(h.startswith("x-") for h in srv.completion_requests()[-1].headers)
 
 
@@ -84,7 +86,7 @@ async def test_failover_list_is_sticky_per_stream_and_round_robin_otherwise(
         e = make_engine([s.base_url for s in servers])
         for i in range(12):
             for check in range(3):
-                await e.generate([req(f"stream{i}|G|0", text=f"{i}-{check}")])
+                await e.generate([req(f"stream{i}", text=f"{i}-{check}")])
         where: dict[str, set[int]] = {}
         for n, s in enumerate(servers):
             for r in s.completion_requests():
@@ -103,7 +105,7 @@ async def test_a_stream_fails_over_when_its_server_is_down(make_engine: Callable
         e = make_engine([dead, up.base_url], max_retries=0)
         # a key whose preferred server is the dead one
         key = next(k for k in (f"s{i}" for i in range(100)) if rendezvous_order(k, [dead, up.base_url])[0] == dead)
-        assert await e.generate([req(f"{key}|G|0")]) == ["echo:p"]
+        assert await e.generate([req(key)]) == ["echo:p"]
         assert e.stats["failovers"] == 1 and len(up.completion_requests()) == 1
 
 
@@ -111,9 +113,9 @@ async def test_unknown_model_404_is_a_configuration_error(make_engine: Callable[
     with GuardReplica(["ReasoningShield-1B"]) as rep:
         e = make_engine(rep.base_url, model="ReasoningShield/ReasoningShield-1B", max_retries=3)
         with pytest.raises(GuardServerConfigError) as ei:
-            await e.generate([req("m|g|0")])
+            await e.generate([req("m")])
         err = ei.value
-        assert isinstance(err, GuardConfigError) and isinstance(err, GuardEngineError) and not err.retryable
+        assert isinstance(err, GuardConfigError) and isinstance(err, GuardEngineError)
         assert "does not serve model 'ReasoningShield/ReasoningShield-1B'" in str(err) and e.stats["retries"] == 0
         assert len(rep.records()) == 1
     with FakeOpenAIServer(default=Reply.error(404, "Not Found")) as srv:

@@ -17,13 +17,9 @@ from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.engines.base import render_plain
 from guardrails_plugin.engines.logprobs import Distribution, ScoreRequest, ScoreResult
 from guardrails_plugin.models import FlexGuard, GuardReasoner, ReasoningShield
-from guardrails_plugin.scoring import (
-    GUARDREASONER_PREFIX,
-    REASONINGSHIELD_PREFIX,
-    spec_for,
-    stats,
-    to_verdict,
-)
+from guardrails_plugin.models.guardreasoner import FAST_PREFIX as GUARDREASONER_PREFIX
+from guardrails_plugin.models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
+from guardrails_plugin.scoring import spec_for, to_verdict
 from guardrails_plugin.types import GuardRequest
 
 pytestmark = pytest.mark.timeout(120)
@@ -218,7 +214,7 @@ def test_cascade_escalates_exactly_the_in_band_risks():
     # exactly the in-band ones reached full generation
     generated = [float(re.search(r"RISK=([0-9.]+)", p).group(1)) for p in engine.prompts]
     assert generated == in_band
-    st = stats(guard)
+    st = guard.runner.stats
     assert st.fast_verdicts == len(risks) and st.escalated == len(in_band)
     for r, d in zip(risks, decisions, strict=False):
         v = d.verdicts[0]
@@ -270,7 +266,7 @@ def test_fast_mode_on_an_engine_that_cannot_score_generates():
     guard = Guard(GuardConfig(mode="fast"), engine=engine)
     d = guard.check_prompt("hello")
     assert engine.calls == 1 and d.action is Action.BLOCK and d.verdicts[0].ok
-    assert stats(guard).full_fallbacks == 1
+    assert guard.runner.stats.full_fallbacks == 1
     guard.close()
 
 
@@ -294,7 +290,7 @@ def test_cascade_on_windows_escalates_only_the_grey_window():
     assert d.verdicts[0].risk == pytest.approx(0.01) and "fast score" in d.verdicts[0].rationale
     assert d.verdicts[1].risk == 1.0  # the grey window's full verdict
     assert len(engine.prompts) == 1 and "RISK=0.5" in engine.prompts[0]
-    assert stats(guard).escalated == 1 and d.action is Action.BLOCK
+    assert guard.runner.stats.escalated == 1 and d.action is Action.BLOCK
     guard.close()
 
 

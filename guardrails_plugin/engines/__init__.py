@@ -1,45 +1,37 @@
 """Engines produce guard completions: in-process transformers, an OpenAI-compatible server (vLLM,
 SGLang, ``transformers serve``), or canned outputs for tests.
 
-Heavy engines are imported lazily so ``import guardrails_plugin`` does not import torch.
-
-Weights are resolved once, local files first (``resolve_weights``): a folder, else the hub id's
-snapshot in the Hugging Face cache. Only ``Guard.warmup()`` may download (``download=True``), so
-the hub's retries never sit on a check's path; ``HF_HUB_OFFLINE=1`` forbids downloads everywhere.
+Heavy engines are imported lazily so ``import guardrails_plugin`` does not import torch. Which
+engine a configured guard model runs on, and where its weights come from, is decided above this
+package (guardrails_plugin/loading.py): engines know nothing of the configuration or the guard
+families.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import GuardConfigError
-from .base import Engine, GenerationRequest, render_plain
+from .base import Engine, EngineBase, GenerationRequest, SessionKey, as_engine, render_plain
+from .breaker import BreakerEngine, CircuitBreaker
 from .scripted import ScriptedEngine
 
 if TYPE_CHECKING:
-    from ..config import GuardModelConfig
-    from ..models.base import GuardModel
     from .openai_engine import OpenAIEngine
     from .transformers import TransformersEngine
 
 __all__ = [
+    "BreakerEngine",
+    "CircuitBreaker",
     "Engine",
+    "EngineBase",
     "GenerationRequest",
     "OpenAIEngine",
     "ScriptedEngine",
+    "SessionKey",
     "TransformersEngine",
-    "build_engine",
-    "describe_engine",
-    "engine_key",
+    "as_engine",
     "render_plain",
-    "resolve_weights",
 ]
-
-#: what a guard checkpoint needs from a hub repo (no duplicate .bin / original/ weights)
-WEIGHT_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
-_TRUTHY = {"1", "ON", "YES", "TRUE"}
 
 
 def __getattr__(name: str) -> Any:
@@ -52,99 +44,3 @@ def __getattr__(name: str) -> Any:
 
         return OpenAIEngine
     raise AttributeError(name)
-
-
-def _model_ref(cfg: GuardModelConfig, model: GuardModel) -> str:
-    """The configured folder / hub id, else the hub id of the size the guard's name says
-    ("GuardReasoner-8B" -> yueliu1999/GuardReasoner-8B), else the family default."""
-    if cfg.model:
-        return cfg.model
-    name = model.name.lower()
-    for size, hub_id in model.variants.items():
-        if name.endswith("-" + size.lower()):
-            return hub_id
-    return model.default_model_id
-
-
-def engine_key(cfg: GuardModelConfig, model: GuardModel) -> tuple[Any, ...]:
-    """Guard models whose engines would be identical share one engine (one copy of the weights)."""
-    if cfg.engine == "openai":
-        urls = tuple(cfg.base_url) if isinstance(cfg.base_url, list) else (cfg.base_url,)
-        # The api_key is part of the identity: a guard configured with its own key must not be
-        # sent with another guard's (the engine holds one Authorization header).
-        return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model), cfg.api_key)
-    return ("transformers", _model_ref(cfg, model), cfg.device, cfg.dtype)
-
-
-def describe_engine(cfg: GuardModelConfig, model: GuardModel) -> str:
-    """The engine for logs: kind, URLs or weights, served model name; never the API key."""
-    key = engine_key(cfg, model)
-    return f"openai {','.join(key[1])} model={key[2]}" if key[0] == "openai" else f"transformers {key[1]}"
-
-
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE, read now (huggingface_hub caches it at import)."""
-    return any(os.environ.get(v, "").strip().upper() in _TRUTHY for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _looks_like_path(ref: str) -> bool:
-    return ref.startswith((".", "/", "~")) or ref.count("/") > 1 or "\\" in ref or Path(ref).expanduser().exists()
-
-
-def resolve_weights(ref: str, *, download: bool = False, name: str | None = None) -> str:
-    """A local folder holding the weights ``ref`` names: the folder itself, else the hub id's
-    snapshot in the Hugging Face cache; with ``download`` (and HF_HUB_OFFLINE unset) the hub id is
-    downloaded into the cache first. Raises one short GuardConfigError naming the model, what was
-    tried and how to fix it."""
-    who = f"guard model {name!r} ({ref})" if name and name != ref else f"guard model {ref!r}"
-    local = Path(ref).expanduser()
-    if local.is_dir():
-        return str(local)
-    if _looks_like_path(ref):
-        raise GuardConfigError(f"{who}: folder {str(local)!r} does not exist. Point `model:` at a folder "
-                               "holding the checkpoint (config.json, *.safetensors, tokenizer files).")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
-    try:
-        return str(snapshot_download(ref, local_files_only=True))
-    except HFValidationError as exc:
-        raise GuardConfigError(f"{who}: not a folder and not a valid hub id ({exc})") from None
-    except Exception:  # noqa: BLE001 - not cached; decide below whether to fetch it
-        pass
-    cache = constants.HF_HUB_CACHE
-    fix = (f"Fix: where there is network, `hf download {ref} --local-dir /models/{ref.rsplit('/', 1)[-1]}`, "
-           "then set the guard's `model:` to that folder")
-    if hub_offline():
-        raise GuardConfigError(f"{who}: not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE is set, "
-                               f"so it is not downloaded. {fix}.")
-    if not download:
-        raise GuardConfigError(f"{who}: not in the Hugging Face cache ({cache}); checks never download. "
-                               f"{fix}, or call guard.warmup() once with network access to fetch it into the cache.")
-    try:
-        return str(snapshot_download(ref, allow_patterns=WEIGHT_FILES))
-    except Exception as exc:  # noqa: BLE001 - network, auth, missing repo: one line, no traceback
-        why = str(exc).strip().splitlines()
-        raise GuardConfigError(f"{who}: download from the Hugging Face hub failed ({type(exc).__name__}: "
-                               f"{why[0] if why else ''}). {fix}; HF_HUB_OFFLINE=1 skips the attempt.") from None
-
-
-def build_engine(cfg: GuardModelConfig, model: GuardModel, *, download: bool = False) -> Engine:
-    """The engine a GuardModelConfig describes. ``download``: a hub id missing from the cache may
-    be fetched (``Guard.warmup``); otherwise only local files are used (see ``resolve_weights``)."""
-    ref = _model_ref(cfg, model)
-    if cfg.engine == "openai":
-        from .openai_engine import OpenAIEngine
-
-        assert cfg.base_url is not None
-        return OpenAIEngine(
-            cfg.base_url,
-            model=cfg.served_model_name or ref,
-            api_key=cfg.api_key,
-            timeout_s=cfg.timeout_s,
-        )
-    from .transformers import TransformersEngine
-
-    folder = resolve_weights(ref, download=download, name=model.name)
-    # named after the hub id / folder, not the cache's snapshot hash
-    return TransformersEngine(folder, device=cfg.device, dtype=cfg.dtype, name=ref.rstrip("/").rsplit("/", 1)[-1])

@@ -7,14 +7,15 @@ States::
     half_open --probe succeeds--> closed     half_open --probe fails--> open (cool-down restarts)
 
 While open (and while a half-open probe is in flight) calls fail at once with
-``GuardEngineError(kind="circuit_open")``, which the Guard turns into ``FailureKind.CIRCUIT_OPEN``
-and the stage's fail mode: a dead engine costs microseconds per check instead of a full deadline.
+``GuardEngineError(kind=FailureKind.CIRCUIT_OPEN)``, which the runner records as that failure kind
+and the policy turns into the stage's fail mode: a dead engine costs microseconds per check instead of a full deadline.
 
 What counts as a failure: any engine error or timeout (``GuardEngineError``, ``asyncio.TimeoutError``,
 any other exception from ``generate``) and a cancellation that arrives at the call's deadline (the
 Guard's ``wait_for`` cancelling a stuck engine). A cancellation before the deadline (the caller gave
 up, e.g. a monitor closing) is not the engine's fault and counts as nothing. An unparseable but
-delivered completion is a success: the engine works, the guard answered badly.
+delivered completion is a success: the engine works, the guard answered badly. An engine that
+cannot fast-score (ScoringUnsupported) says nothing about its health either.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .engines.base import GenerationRequest
-from .errors import GuardEngineError
+from ..errors import FailureKind, GuardEngineError, ScoringUnsupported
+from .base import Engine, GenerationRequest, ScoreRequest, ScoreResult, SessionKey, as_engine
 
 
 class CircuitState(str, Enum):
@@ -144,7 +145,7 @@ class CircuitBreaker:
 
     # -- protocol: acquire -> (success | failure | release) ---------------------------------------
     def acquire(self) -> bool:
-        """Let a call through or raise ``GuardEngineError(kind="circuit_open")``. Returns True when
+        """Let a call through or raise ``GuardEngineError(kind=CIRCUIT_OPEN)``. Returns True when
         the call is a half-open probe (the caller must then report its outcome)."""
         change = None
         with self._lock:
@@ -166,7 +167,7 @@ class CircuitBreaker:
                     + (f" (last: {self.last_error})" if self.last_error else "")
                     + (f"; next probe in {retry:.1f}s" if state is CircuitState.OPEN else "; probe in flight")
                 )
-                err = GuardEngineError(msg, kind="circuit_open", retryable=True)
+                err = GuardEngineError(msg, kind=FailureKind.CIRCUIT_OPEN)
                 probe = None
         self._notify(change)
         if probe is None:
@@ -218,35 +219,40 @@ class CircuitBreaker:
 
 
 class BreakerEngine:
-    """An Engine whose ``generate`` goes through a CircuitBreaker. Everything else (render,
-    tokenize, stats, calls, ...) is delegated to the wrapped engine, reachable as ``.inner``."""
+    """An Engine whose engine calls (``generate``, ``score``) go through a CircuitBreaker. The
+    rest of ``Engine`` and any extras (tokenize, stats, calls, ...) are the wrapped engine's,
+    which stays reachable as ``.inner``."""
 
     def __init__(self, inner: Any, breaker: CircuitBreaker):
         self.inner = inner
+        self._engine: Engine = as_engine(inner)
         self.breaker = breaker
-        self.name = getattr(inner, "name", type(inner).__name__)
+        self.name = self._engine.name
 
     def __getattr__(self, item: str) -> Any:  # only called for names not found on self
-        attr = getattr(self.inner, item)
-        if item == "score" and callable(attr):
-            # Fast scoring is an engine call too. Exposed only when the inner engine has it, so
-            # callers' "can this engine score?" checks keep working.
-            async def score(requests: Sequence[Any], *, timeout: float | None = None) -> Any:
-                return await self._call(attr, requests, timeout)
-
-            return score
-        return attr
+        if item in ("inner", "_engine"):  # not set yet (copy, pickle): no recursion
+            raise AttributeError(item)
+        return getattr(self.inner, item)
 
     def __repr__(self) -> str:
         return f"BreakerEngine({self.inner!r}, state={self.breaker.state})"
 
     def render(self, request: GenerationRequest) -> str:
-        return self.inner.render(request)
+        return self._engine.render(request)
 
     async def generate(
         self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
     ) -> list[str]:
-        return await self._call(self.inner.generate, requests, timeout)
+        return await self._call(self._engine.generate, requests, timeout)
+
+    async def score(self, requests: Sequence[ScoreRequest], *, timeout: float | None = None) -> list[ScoreResult]:
+        return await self._call(self._engine.score, requests, timeout)
+
+    def session_ids(self) -> list[SessionKey]:
+        return self._engine.session_ids()
+
+    def release_session(self, key: SessionKey) -> bool:
+        return self._engine.release_session(key)
 
     async def _call(self, fn: Callable[..., Any], requests: Sequence[Any], timeout: float | None) -> Any:
         probe = self.breaker.acquire()
@@ -262,8 +268,11 @@ class BreakerEngine:
             else:
                 self.breaker.release(probe)
             raise
+        except ScoringUnsupported:  # a capability, not a failure
+            self.breaker.release(probe)
+            raise
         except GuardEngineError as exc:
-            if exc.kind == "circuit_open":  # a nested breaker refused: not this engine's failure
+            if exc.kind is FailureKind.CIRCUIT_OPEN:  # a nested breaker refused: not this engine's failure
                 self.breaker.release(probe)
             else:
                 self.breaker.failure(probe, str(exc))
@@ -278,7 +287,7 @@ class BreakerEngine:
         return out
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        await self._engine.aclose()
 
 
 __all__ = ["STATE_CODES", "BreakerEngine", "CircuitBreaker", "CircuitConfig", "CircuitState"]

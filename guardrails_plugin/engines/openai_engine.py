@@ -70,9 +70,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
-from .base import GenerationRequest, render_plain
-from .logprobs import Distribution, ScoreRequest, ScoreResult
+from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError, ScoringUnsupported
+from .base import Distribution, EngineBase, GenerationRequest, ScoreRequest, ScoreResult, render_plain
 from .openai_wire import (
     RETRY_AFTER_CAP_S,
     RETRY_STATUSES,
@@ -96,7 +95,7 @@ log = logging.getLogger(__name__)
 _DOWN_COOLDOWN_S = 2.0
 
 
-class OpenAIEngine:
+class OpenAIEngine(EngineBase):
     """Guard completions from OpenAI-compatible HTTP servers (vLLM, SGLang, transformers serve),
     directly or through ``vllm-router``.
 
@@ -191,7 +190,7 @@ class OpenAIEngine:
             else:
                 listed[base] = res
         if not listed:
-            raise GuardEngineError(f"{self.name}: no server answers: " + "; ".join(down), retryable=True)
+            raise GuardEngineError(f"{self.name}: no server answers: " + "; ".join(down))
         for reason in down:
             log.warning("%s: a failover server does not answer (%s)", self.name, reason)
         return listed
@@ -205,7 +204,7 @@ class OpenAIEngine:
             body = {"model": self.model, "prompt": "ok", "max_tokens": 1, "temperature": 0}
             reply = await client.post(base + "/v1/completions", json=body)
         except httpx.HTTPError as exc:
-            raise GuardEngineError(f"{type(exc).__name__}: {exc}", retryable=True) from None
+            raise GuardEngineError(f"{type(exc).__name__}: {exc}") from None
         if reply.status_code == 404:
             err = http_error(self.name, reply, base + "/v1/completions", body)
             if names:
@@ -369,8 +368,7 @@ class OpenAIEngine:
                         continue
                 if attempt >= self.max_retries:
                     raise GuardEngineError(
-                        f"{self.name}: {failure} (gave up after {attempt + 1} attempts)",
-                        retryable=True,
+                        f"{self.name}: {failure} (gave up after {attempt + 1} attempts)"
                     ) from None
                 delay = self.backoff_s * (2**attempt)
                 hint = failure.delay_hint
@@ -434,7 +432,16 @@ class OpenAIEngine:
         (vLLM's ``continue_final_message``; ``transformers serve`` does not support it). Probabilities
         come from the top ``min(top_k, 20)`` tokens, so candidates outside them count as 0. A probe
         costs a second request only when the greedy token was not the probe and the probe holds at
-        least 1% of the probability."""
+        least 1% of the probability.
+
+        A request whose prefix must follow the rendered prompt text itself (``raw_prefix``: Llama
+        Guard, Qwen3Guard) raises ScoringUnsupported: the server renders the template, and a
+        continued assistant message would become one more turn of the judged conversation."""
+        if any(r.raw_prefix for r in requests):
+            raise ScoringUnsupported(
+                f"{self.name}: this guard's fast scoring forces text right after the rendered prompt, which an "
+                "OpenAI-compatible server cannot be sent (use the transformers engine for fast scoring)"
+            )
         return await self._all_or_nothing(self._score_one, list(requests), timeout, "score")
 
     def _score_call(

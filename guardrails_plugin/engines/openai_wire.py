@@ -76,13 +76,11 @@ class RetryableFailure(Exception):
 def routing_key(request: GenerationRequest) -> str | None:
     """The stream a request belongs to, for sticky routing: the monitor's session id.
 
-    Guard session ids are ``"{monitor}|{guard}|{window}"`` (scoring.session_key); routing uses the
-    monitor part only, so every check of one stream, all its windows included, lands on the replica
+    A session key names the stream, the guard model and the window (``SessionKey``); routing uses
+    the stream only, so every check of one stream, all its windows included, lands on the replica
     that already holds the stream's prefix in its cache."""
     sid = request.session_id
-    if not sid:
-        return None
-    return sid.split("|", 1)[0] or None
+    return (sid.stream or None) if sid is not None else None
 
 
 def rendezvous_order(key: str, urls: list[str]) -> list[str]:
@@ -156,7 +154,7 @@ def http_error(name: str, resp: httpx.Response, url: str, body: Mapping[str, Any
     if status in (400, 422) and body.get("continue_final_message") and "continue_final_message" in text:
         # e.g. `transformers serve` rejects vLLM's prefill fields with 422.
         hint = " (this server does not support assistant prefill / continue_final_message; use vLLM)"
-    err = GuardEngineError(f"{name}: HTTP {status} from {url}: {excerpt(text)}{hint}", retryable=status >= 500)
+    err = GuardEngineError(f"{name}: HTTP {status} from {url}: {excerpt(text)}{hint}")
     err.status_code = status  # type: ignore[attr-defined]
     return err
 

@@ -18,14 +18,34 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 from ..errors import GuardEngineError
 from ..types import GuardRequest, Stage
-from .base import GenerationRequest, render_plain
+from .base import EngineBase, GenerationRequest, render_plain
 
-if TYPE_CHECKING:
-    from ..models.base import GuardModel
+
+class CannedFamily(Protocol):
+    """What ``from_rules`` needs of a guard family (a ``models.GuardModel`` subclass): its
+    variants, stages, prompts and canned answers. Engines sit below the families in the import
+    graph, so the families are handed in (``use_families``), never imported here."""
+
+    variants: ClassVar[dict[str, str]]
+    stages: ClassVar[frozenset[Stage]]
+
+    def __call__(self, name: str | None = None) -> Any: ...
+
+
+#: where ``from_rules`` finds every registered family by default; the family registry
+#: (models/registry.py) installs itself here when it is imported
+_family_source: Callable[[], Iterable[CannedFamily]] | None = None
+
+
+def use_families(source: Callable[[], Iterable[CannedFamily]]) -> None:
+    """Make ``source()`` the families ``ScriptedEngine.from_rules`` answers for by default."""
+    global _family_source
+    _family_source = source
+
 
 Responder = Callable[[str], str]
 #: a rule's outcome: "harmful" / "safe" / True / False, a risk in [0, 1], a mapping
@@ -33,8 +53,9 @@ Responder = Callable[[str], str]
 Outcome = str | bool | float | Mapping[str, Any]
 
 
-class ScriptedEngine:
-    """Returns canned completions; for tests and demos only."""
+class ScriptedEngine(EngineBase):
+    """Returns canned completions; for tests and demos only. It cannot fast-score (``score``
+    raises ScoringUnsupported) and keeps no sessions."""
 
     def __init__(
         self,
@@ -63,9 +84,6 @@ class ScriptedEngine:
         self.prompts: list[str] = []  #: every rendered prompt seen, in order
         self.rules: list[tuple[str, Any]] = []  #: the rules of a from_rules engine
 
-    def render(self, request: GenerationRequest) -> str:
-        return render_plain(request)
-
     async def generate(
         self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
     ) -> list[str]:
@@ -87,9 +105,6 @@ class ScriptedEngine:
             out.append(completion)
         return out
 
-    async def aclose(self) -> None:
-        return None
-
     @classmethod
     def from_rules(
         cls,
@@ -97,7 +112,7 @@ class ScriptedEngine:
         *,
         default: Outcome = "safe",
         latency_s: float = 0.0,
-        families: Iterable[type[GuardModel]] | None = None,
+        families: Iterable[CannedFamily] | None = None,
     ) -> ScriptedEngine:
         """A rule-based stand-in for the guard models, for trying the plugin without weights.
         NOT A GUARD: regexes judge nothing a real attacker would not get past.
@@ -108,8 +123,8 @@ class ScriptedEngine:
         (in the escalate band when ``escalate_threshold`` is 0.3), ``{"risk": 0.9, "categories":
         ["INF"]}`` (our category codes, for ``category_actions`` such as ``{INF: redact}``), or
         ``"unavailable"`` / ``"unparseable"`` to watch the fail mode. The answer is written in the
-        format of the guard family whose prompt arrives (``families``: default every registered
-        one), as far as that format can say it (GuardReasoner has no risk grades or categories)."""
+        format of the guard family whose prompt arrives (``families``: the GuardModel classes;
+        default every registered one), as far as that format can say it (GuardReasoner has no risk grades or categories)."""
         table = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
         compiled = [(re.compile(p, re.IGNORECASE), _outcome(o)) for p, o in table]
         fallback = _outcome(default)
@@ -185,21 +200,20 @@ _MARKS = re.compile("|".join(_MARK.values()))
 
 @dataclass(frozen=True)
 class _Probe:
-    model: GuardModel
+    model: Any  # an instance of a GuardModel class
     stage: Stage
     pattern: re.Pattern[str]
     judged: int  # group number of the judged text
     weight: int  # fixed characters matched: the most specific format wins
 
 
-def _probes(families: Iterable[type[GuardModel]] | None) -> list[_Probe]:
+def _probes(families: Iterable[CannedFamily] | None) -> list[_Probe]:
     """One pattern per (family variant, stage): the family's own rendering of marker texts, with
     the markers turned into capture groups."""
     if families is None:
-        from .. import models  # the registry; imported late: engines sit below the adapters
-
-        registry = getattr(models.base, "FAMILIES", None)
-        families = list(registry.values()) if registry else list(models.MODEL_CLASSES)
+        if _family_source is None:
+            raise GuardEngineError("ScriptedEngine.from_rules: no guard families registered (import guardrails_plugin.models)")
+        families = list(_family_source())
     out: list[_Probe] = []
     for fam in families:
         for inst in _variants(fam):
@@ -225,7 +239,7 @@ def _probes(families: Iterable[type[GuardModel]] | None) -> list[_Probe]:
     return out
 
 
-def _variants(fam: type[GuardModel]) -> list[GuardModel]:
+def _variants(fam: CannedFamily) -> list[Any]:
     names = [h.rsplit("/", 1)[-1] for h in fam.variants.values()] or [None]
     found = []
     for name in names:

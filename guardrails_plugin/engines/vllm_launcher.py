@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..errors import GuardConfigError, GuardEngineError
+from ..errors import GuardConfigError, GuardEngineError, GuardTimeoutError
 
 __all__ = ["LaunchedServer", "launch_server", "launch_vllm", "vllm_serve_command", "wait_until_ready"]
 
@@ -93,8 +93,8 @@ def wait_until_ready(
 ) -> None:
     """Poll ``GET {base_url}/v1/models`` until it answers 200.
 
-    Raises GuardEngineError when ``process`` exits first (it crashed: no point waiting) or the
-    timeout passes.
+    Raises GuardEngineError when ``process`` exits first (it crashed: no point waiting) and
+    GuardTimeoutError when the timeout passes.
     """
     url = base_url.rstrip("/").removesuffix("/v1") + "/v1/models"
     deadline = time.monotonic() + timeout_s
@@ -113,7 +113,7 @@ def wait_until_ready(
             except httpx.HTTPError as exc:
                 last = type(exc).__name__
             if time.monotonic() >= deadline:
-                raise GuardEngineError(f"{url} not ready after {timeout_s:.0f}s ({last})", kind="timeout")
+                raise GuardTimeoutError(f"{url} not ready after {timeout_s:.0f}s ({last})")
             time.sleep(interval_s)
 
 
@@ -182,7 +182,9 @@ def launch_server(
         server.stop()
         tail = server.log_tail(1500)
         if isinstance(exc, GuardEngineError) and tail:
-            raise GuardEngineError(f"{exc}\n--- server log tail ---\n{tail}", kind=exc.kind) from None
+            # the same error type (a timeout stays a GuardTimeoutError), with the log tail added
+            exc.args = (f"{exc}\n--- server log tail ---\n{tail}",)
+            raise exc from None
         raise
     return server
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..engines.scripted import use_families
 from ..errors import GuardConfigError
 from .base import FAMILIES, GuardModel
 
@@ -88,5 +89,9 @@ def check_options(family: str, options: Mapping[str, Any]) -> dict[str, Any]:
     except GuardConfigError as exc:
         raise ValueError(str(exc)) from None
 
+
+# ScriptedEngine.from_rules answers in every registered family's format; engines sit below the
+# families in the import graph, so the registry hands itself down.
+use_families(lambda: list(FAMILIES.values()))
 
 __all__ = ["check_family", "check_options", "families", "family_names", "get_model_class", "presets", "resolve"]

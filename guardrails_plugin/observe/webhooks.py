@@ -29,15 +29,16 @@ import threading
 import uuid
 import weakref
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from ..config import NotifyConfig
 from ..types import Action, Decision, GuardRequest
 
-if TYPE_CHECKING:
-    from ..guard import Guard
+
+class _Hooked(Protocol):  # a Guard, without importing the facade (dependencies point down)
+    hooks: list[Any]
 
 log = logging.getLogger("guardrails_plugin.webhooks")
 
@@ -265,7 +266,7 @@ class Notifier:
                 log.error("webhook worker did not finish within %ss; %d event(s) pending", timeout, self.pending)
 
 
-def attach_notifier(guard: Guard, config: NotifyConfig | dict[str, Any]) -> Notifier:
+def attach_notifier(guard: _Hooked, config: NotifyConfig | dict[str, Any]) -> Notifier:
     """Register a Notifier on ``guard``'s decision hooks; it closes when the guard is collected."""
     cfg = config if isinstance(config, NotifyConfig) else NotifyConfig.model_validate(config)
     notifier = Notifier(cfg)

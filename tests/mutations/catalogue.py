@@ -33,3 +33,13 @@ def register(mutation: Callable[..., None]) -> None:
         new="            pass\n        for row in rows:\n            self._queue.put(row)",
         tests=["tests/test_transformers_engine.py::test_generate_racing_aclose_is_answered_or_refused_never_stranded"],
     )
+    # Cancellation: the caller's own cancellation propagates out of the per-model pipeline; it
+    # never becomes a fail-mode verdict (gather alone would hide this: drive the runner directly).
+    mutation(
+        id="runner-swallows-caller-cancel",
+        prop="a cancelled check is no verdict",
+        path="guardrails_plugin/runner.py",
+        old="            if we_are_cancelled():\n                raise\n",
+        new="",
+        tests=["tests/test_runner.py::test_cancelling_the_caller_propagates_out_of_the_runner"],
+    )
