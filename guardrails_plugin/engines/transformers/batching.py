@@ -3,76 +3,30 @@ collects rows for ``batch_window_ms`` and runs them as padded ``model.generate``
 
 from __future__ import annotations
 
-import concurrent.futures
 import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import GuardEngineError
+from .state import _Row
 
 if TYPE_CHECKING:
-    from .engine import TransformersEngine
+    from .state import EngineHost as _Host
+else:
+    _Host = object
 
 _STOP = object()  # queue sentinel that ends the worker thread
-
-
-@dataclass(eq=False)
-class _Job:
-    """One generate() call: its rows share a future that completes when every row has a result."""
-
-    requests: Sequence[Any]  # GenerationRequest, or ScoreRequest when kind == "score"
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    results: list[Any] = field(default_factory=list)
-    remaining: int = 0
-    kind: str = "generate"
-
-    def __post_init__(self) -> None:
-        self.results = [None] * len(self.requests)
-        self.remaining = len(self.requests)
-
-    @property
-    def abandoned(self) -> bool:  # timed out or cancelled by the caller: skip or stop its rows
-        return self.future.done()
-
-    def fail(self, exc: BaseException) -> None:
-        try:
-            if not self.future.done():
-                self.future.set_exception(exc)
-        except concurrent.futures.InvalidStateError:  # cancelled by the caller meanwhile
-            pass
-
-    def finish_row(self, index: int, text: Any) -> None:
-        self.results[index] = text
-        self.remaining -= 1
-        if self.remaining == 0:
-            try:
-                if not self.future.done():
-                    self.future.set_result(list(self.results))
-            except concurrent.futures.InvalidStateError:
-                pass
-
-
-@dataclass(eq=False)
-class _Row:
-    job: _Job
-    index: int
-
-    @property
-    def request(self) -> Any:
-        return self.job.requests[self.index]
-
 
 
 class _RowStopper:
     """Per-row stopping: a row is done at its own max_new_tokens, at one of its stop strings, or when
     its caller gave up (timeout). EOS is handled by generate() itself."""
 
-    def __init__(self, engine: TransformersEngine, rows: Sequence[_Row], prompt_len: int):
+    def __init__(self, engine: _Host, rows: Sequence[_Row], prompt_len: int):
         self.engine = engine
         self.rows = rows
         self.prompt_len = prompt_len
@@ -97,7 +51,7 @@ class _RowStopper:
 
 
 
-class _BatchingMixin:
+class _BatchingMixin(_Host):
     """TransformersEngine's worker thread: queueing, batching and generation."""
 
     # ------------------------------------------------------------------ generation (worker thread)
@@ -184,7 +138,7 @@ class _BatchingMixin:
         try:
             texts = self._generate_rows([r for r, _ in ready_ids], [i for _, i in ready_ids])
         except Exception as exc:
-            err = GuardEngineError(f"{self.name}: generation failed: {exc!r}", retryable=True)
+            err = GuardEngineError(f"{self.name}: generation failed: {exc!r}")
             err.__cause__ = exc
             for r, _ in ready_ids:
                 r.job.fail(err)

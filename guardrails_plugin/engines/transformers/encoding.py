@@ -7,17 +7,22 @@ import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import GuardConfigError, GuardEngineError
 from ..base import GenerationRequest
 
+if TYPE_CHECKING:
+    from .state import EngineHost as _Host
+else:
+    _Host = object
+
 logger = logging.getLogger(__name__)
 
 
-class _EncodingMixin:
+class _EncodingMixin(_Host):
     """TransformersEngine's tokenizer side (the tokenizer and model are loaded by the engine)."""
 
     def _setup_tokens(self) -> None:

@@ -31,7 +31,7 @@ Design, in short:
 
 This module holds loading and the public async API; the jobs above live beside it in ``encoding``,
 ``batching``, ``sessions`` and ``scoring`` (mixins of ``TransformersEngine``, so every attribute
-stays on the one engine object).
+stays on the one engine object); ``state`` holds the queue's work items and the state they share.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ import torch
 from ...errors import GuardConfigError, GuardEngineError, GuardTimeoutError
 from ..base import GenerationRequest
 from ..logprobs import ScoreRequest, ScoreResult
-from .batching import _STOP, _BatchingMixin, _Job, _Row
+from .batching import _STOP, _BatchingMixin
 from .encoding import _EncodingMixin
 from .scoring import _ScoringMixin
-from .sessions import _Session, _SessionsMixin
+from .sessions import _SessionsMixin
+from .state import _Job, _Row, _Session
 
 _TRUTHY = {"1", "ON", "YES", "TRUE"}
 

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...errors import GuardEngineError
 from ..logprobs import Distribution, ScoreRequest, ScoreResult
-from .batching import _Row
+from .state import _Row
+
+if TYPE_CHECKING:
+    from .state import EngineHost as _Host
+else:
+    _Host = object
 
 
-class _ScoringMixin:
+class _ScoringMixin(_Host):
     """TransformersEngine's ``score`` path (batched prefill, or one session row with KV reuse)."""
 
     def _candidate_id(self, text: str) -> int | None:
@@ -69,7 +75,7 @@ class _ScoringMixin:
             try:
                 results = self._score_forward(chunk)
             except Exception as exc:
-                err = GuardEngineError(f"{self.name}: scoring failed: {exc!r}", retryable=True)
+                err = GuardEngineError(f"{self.name}: scoring failed: {exc!r}")
                 err.__cause__ = exc
                 for r, _, _ in chunk:
                     r.job.fail(err)

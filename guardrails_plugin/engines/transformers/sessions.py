@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ...errors import GuardEngineError
-from .batching import _Row
+from .state import _Row, _Session
+
+if TYPE_CHECKING:
+    from .state import EngineHost as _Host
+else:
+    _Host = object
 
 
 def _crop_to(cache: Any, length: int) -> None:
@@ -20,17 +24,7 @@ def _crop_to(cache: Any, length: int) -> None:
         cache.crop(-extra)
 
 
-@dataclass(eq=False)
-class _Session:
-    """The KV cache of a session's last checked input (ids: the tokens it holds)."""
-
-    ids: list[int]
-    cache: Any
-    nbytes: int
-
-
-
-class _SessionsMixin:
+class _SessionsMixin(_Host):
     """TransformersEngine's session caches (state set up in ``TransformersEngine.__init__``)."""
 
     def _kv_bytes_per_token(self) -> int:
@@ -118,7 +112,7 @@ class _SessionsMixin:
     def _fail_session_row(self, row: _Row, sid: str | None, what: str, exc: Exception) -> None:
         """A session row failed: its cached prefix may be half-updated, so drop it; fail the row."""
         self.release_session(sid)
-        err = GuardEngineError(f"{self.name}: {what} failed: {exc!r}", retryable=True)
+        err = GuardEngineError(f"{self.name}: {what} failed: {exc!r}")
         err.__cause__ = exc
         row.job.fail(err)
 
