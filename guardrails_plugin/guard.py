@@ -53,8 +53,10 @@ class Guard:
         self._models: dict[str, GuardModel] = {}
         self._engines: dict[tuple[Any, ...], Engine] = {}
         self._engines_lock = threading.RLock()
-        #: the ``engine=`` override, completed to the Engine protocol and wrapped in its breaker
-        self._override: Engine | None = self._with_breaker(engine) if engine is not None else None
+        #: the ``engine=`` override, completed to the Engine protocol now (a TypeError for an object
+        #: that is no engine) and wrapped in its circuit breaker on first use (``_override``)
+        self._engine_override: Engine | None = as_engine(engine) if engine is not None else None
+        self._override: Engine | None = None
         self._runtime: LoopThread = default_loop()
         #: the per-model pipeline (windows, session keys, deadlines, failure verdicts; fast and
         #: cascade counters in ``runner.stats``)
@@ -119,7 +121,9 @@ class Guard:
         through the engine's circuit breaker, everything else is delegated (``.inner`` is the
         engine itself)."""
         with self._engines_lock:  # two first checks at once must not load the weights twice
-            if self._override is not None:
+            if self._engine_override is not None:
+                if self._override is None:
+                    self._override = self._with_breaker(self._engine_override)
                 return self._override
             key = self._engine_key(name)
             if key not in self._engines:
@@ -166,14 +170,12 @@ class Guard:
             raise GuardConfigError("cannot load the guard models:\n- " + "\n- ".join(problems))
         return self
 
-    def _with_breaker(self, engine: Any) -> Engine:
-        """``engine`` completed to the Engine protocol (``as_engine``) and, with
-        ``config.circuit.enabled``, behind its own circuit breaker (``.inner`` is ``engine``)."""
-        completed = as_engine(engine)
+    def _with_breaker(self, engine: Engine) -> Engine:
+        """``engine`` behind its own circuit breaker when ``config.circuit.enabled``."""
         cc = self.config.circuit
         if not cc.enabled:
-            return completed
-        return BreakerEngine(engine, CircuitBreaker.from_config(completed.name, cc))
+            return engine
+        return BreakerEngine(engine, CircuitBreaker.from_config(engine.name, cc))
 
     def _built(self) -> list[Engine]:
         """The engines built so far (the override, or one per distinct configuration)."""
@@ -301,8 +303,8 @@ class Guard:
         return shown
 
     def _engine_desc(self, name: str) -> str:
-        if self._override is not None:
-            return self._override.name
+        if self._engine_override is not None:
+            return self._engine_override.name
         try:  # a log line must never raise
             model = self.model(name)
             return describe_engine(self.config.models[model.name], model)
@@ -329,7 +331,9 @@ class Guard:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:
-        for e in self._built():
+        # an override is closed even when no check used it (the Guard owns what it was given)
+        engines = [self._override or self._engine_override] if self._engine_override is not None else self._built()
+        for e in engines:
             try:
                 await e.aclose()
             except Exception:
