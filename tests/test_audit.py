@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from audit_support / pg_support are parameters here
 """Audit trail and escalation queue, the same behaviour on every store: SQLite, PostgreSQL (a real
 server, tests/pg_support.py) and JSON lines. Records, privacy, escalations and their review,
 durability settings, configuration errors."""
