@@ -27,9 +27,9 @@ PostgreSQL through SQLAlchemy Core, schema versions through Alembic) and ``Jsonl
 
 from typing import Any
 
-from .attach import attach_audit, auditor_from_config
+from .attach import attach_audit, auditor_from_config, open_store
 from .auditor import Auditor
-from .location import DEFAULT_PATH_ENV, DEFAULT_SQLITE_PATH, default_path, open_store, parse_location
+from .location import DEFAULT_PATH_ENV, DEFAULT_SQLITE_PATH, default_path, parse_location
 from .records import (
     STATUSES,
     AuditError,

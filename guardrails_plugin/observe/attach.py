@@ -1,4 +1,6 @@
-"""Wiring an Auditor onto a Guard: ``attach_audit(guard, path)`` and ``GuardConfig.audit``."""
+"""Opening audit stores (``open_store``) and wiring an Auditor onto a Guard: ``attach_audit(guard,
+path)`` and ``GuardConfig.audit``. Opening lives here, not beside the path rules (location.py),
+so the stores can read those rules without an import cycle."""
 
 from __future__ import annotations
 
@@ -10,8 +12,35 @@ from pydantic import ValidationError
 from ..config import AuditConfig
 from ..errors import GuardConfigError
 from .auditor import Auditor
-from .location import SinkKind, open_store, parse_location
+from .location import SinkKind, parse_location
 from .records import Durability
+from .store import AuditStore
+
+
+def open_store(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    sink: SinkKind | None = None,
+    create: bool = True,
+    migrate: bool = True,
+    **options: Any,
+) -> AuditStore:
+    """An audit store for a path or URL (the forms location.py lists).
+
+    ``create=False``: the store must exist already (the review CLI never makes one).
+    ``migrate=False``: refuse to upgrade an older SQL schema. ``options`` go to the SQL store
+    (``pool_size``, ``connect_timeout_s``, ``busy_timeout_s``). Raises GuardConfigError for a path
+    or URL the store cannot use, AuditError when there is no store or it cannot be reached."""
+    loc = parse_location(path, sink)
+    if loc.kind == "jsonl":
+        from .jsonl_store import JsonlAuditStore
+
+        return JsonlAuditStore(loc.target, create=create)
+    from .sql_store import SqlAuditStore, SQLiteAuditStore
+
+    if loc.kind == "sqlite":
+        return SQLiteAuditStore(loc.target, create=create, migrate=migrate, **options)
+    return SqlAuditStore(loc.target, create=create, migrate=migrate, **options)
 
 
 class _Hooked(Protocol):  # a Guard, without importing the facade (dependencies point down)
@@ -72,4 +101,4 @@ def auditor_from_config(guard: _Hooked, settings: AuditConfig | dict[str, Any]) 
     )
 
 
-__all__ = ["attach_audit", "auditor_from_config"]
+__all__ = ["attach_audit", "auditor_from_config", "open_store"]

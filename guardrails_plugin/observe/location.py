@@ -1,4 +1,4 @@
-"""Where an audit store lives: ``open_store(path_or_url)`` and the rules that read its argument.
+"""Where an audit store lives: the rules that read ``open_store``'s path or URL (attach.py opens it).
 
 * ``postgresql://user:pass@host:5432/db`` (also ``postgres://`` and ``postgresql+psycopg://``):
   PostgreSQL through psycopg 3 (``pip install 'guardrails-plugin[postgres]'``). Query options
@@ -16,12 +16,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from ..errors import GuardConfigError
-
-if TYPE_CHECKING:
-    from .store import AuditStore
 
 StoreKind = Literal["sqlite", "postgresql", "jsonl"]
 SinkKind = Literal["sqlite", "jsonl"]
@@ -107,30 +104,4 @@ def _url(raw: str, scheme: str, sink: str | None) -> Location:
                     url.set(drivername="postgresql").render_as_string(hide_password=True))
 
 
-def open_store(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    sink: SinkKind | None = None,
-    create: bool = True,
-    migrate: bool = True,
-    **options: Any,
-) -> AuditStore:
-    """An audit store for a path or URL (see the module docstring).
-
-    ``create=False``: the store must exist already (the review CLI never makes one).
-    ``migrate=False``: refuse to upgrade an older SQL schema. ``options`` go to the SQL store
-    (``pool_size``, ``connect_timeout_s``, ``busy_timeout_s``). Raises GuardConfigError for a path
-    or URL the store cannot use, AuditError when there is no store or it cannot be reached."""
-    loc = parse_location(path, sink)
-    if loc.kind == "jsonl":
-        from .jsonl_store import JsonlAuditStore
-
-        return JsonlAuditStore(loc.target, create=create)
-    from .sql_store import SqlAuditStore, SQLiteAuditStore
-
-    if loc.kind == "sqlite":
-        return SQLiteAuditStore(loc.target, create=create, migrate=migrate, **options)
-    return SqlAuditStore(loc.target, create=create, migrate=migrate, **options)
-
-
-__all__ = ["DEFAULT_PATH_ENV", "DEFAULT_SQLITE_PATH", "Location", "default_path", "open_store", "parse_location"]
+__all__ = ["DEFAULT_PATH_ENV", "DEFAULT_SQLITE_PATH", "Location", "default_path", "parse_location"]
