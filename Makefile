@@ -31,6 +31,7 @@ sysdeps:
 	fi
 
 test: venv sysdeps
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 	$(MAKE) mutations
 
