@@ -51,18 +51,31 @@ class Part:
     index: int = 0
 
 
+_MISSING = object()
+_CLASS_ATTR: dict[tuple[type, str], bool] = {}
+
+
 def _get(obj: Any, key: str) -> Any:
+    """``obj[key]`` or ``obj.key``, None when absent. Fields of plain and pydantic objects are read
+    from their ``__dict__``: no AttributeError raised per miss on the per-chunk path."""
+    if type(obj) is dict:
+        return obj.get(key)
+    d = getattr(obj, "__dict__", None)
+    if d is None:
+        return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+    value = d.get(key, _MISSING)
+    if value is not _MISSING:
+        return value
+    extra = getattr(obj, "__pydantic_extra__", None)
+    if extra and key in extra:
+        return extra[key]
     if isinstance(obj, Mapping):
         return obj.get(key)
-    d = getattr(obj, "__dict__", None)  # plain and pydantic objects: no AttributeError per miss
-    if d is not None and key in d:
-        return d[key]
-    extra = getattr(obj, "__pydantic_extra__", None) if d is not None else None
-    if extra:
-        return extra.get(key)
-    if d is not None and not hasattr(type(obj), key):
-        return None
-    return getattr(obj, key, None)
+    # a property or class attribute? (asked once per class and key: a miss raises inside pydantic)
+    has = _CLASS_ATTR.get((type(obj), key))
+    if has is None:
+        has = _CLASS_ATTR[type(obj), key] = getattr(type(obj), key, None) is not None
+    return getattr(obj, key, None) if has else None
 
 
 def parts_of(obj: Any) -> list[Part]:
