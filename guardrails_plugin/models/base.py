@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..engines.base import GenerationRequest
 from ..errors import GuardConfigError
-from ..types import GuardRequest, Stage, Verdict
+from ..types import FailureKind, GuardRequest, Stage, Verdict
 
 if TYPE_CHECKING:
     from .fast import FastSpec
@@ -230,8 +230,6 @@ class GuardModel(ABC):
 
     def unparseable(self, text: str, stage: Stage | None, why: str) -> Verdict:
         """The verdict for output that does not follow the protocol."""
-        from ..types import FailureKind
-
         return Verdict(
             guard=self.name,
             stage=stage or Stage.RESPONSE,

@@ -1,4 +1,4 @@
-"""What a family's fast-scoring spec is made of (the runner is guardrails_plugin/scoring.py).
+"""What a family's fast-scoring spec is made of (run by guardrails_plugin/runner.py, read by scoring.py).
 
 Fast scoring: one forward pass with the guard's answer forced up to the verdict position; the
 verdict is read from the next-token probabilities. Each family file builds its own ``FastSpec``
