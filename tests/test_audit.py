@@ -1,4 +1,4 @@
-# ruff: noqa: F811 - pytest fixtures imported from audit_support / pg_support are parameters here
+# ruff: noqa: F401, F811 - pytest fixtures imported from audit_support / pg_support are parameters here
 """Audit trail and escalation queue, the same behaviour on every store: SQLite, PostgreSQL (a real
 server, tests/pg_support.py) and JSON lines. Records, privacy, escalations and their review,
 durability settings, configuration errors."""
@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from audit_support import HARM, backend, make_guard, sha  # noqa: F401 - fixture
-from pg_support import pg_server  # noqa: F401 - fixture
+from audit_support import HARM, backend, make_guard, sha
+from pg_support import pg_server
 from pydantic import ValidationError
 from sqlalchemy import event
 
@@ -218,7 +218,8 @@ def test_strict_commits_are_synchronous_background_ones_batch(backend: str) -> N
     for i in range(5):
         guard.check_prompt(f"bg {i}")
     assert bg.flush(30)
-    full, relaxed = ("2", "1") if strict.store.dialect == "sqlite" else ("on", "off")  # type: ignore[attr-defined]
+    # SQLite batches: NORMAL (survives a killed process); PostgreSQL: always synchronous
+    full, relaxed = ("2", "1") if strict.store.dialect == "sqlite" else ("on", "on")  # type: ignore[attr-defined]
     assert seen == [full, full]  # FULL: the WAL is fsync'd before COMMIT returns
     assert bg_seen and set(bg_seen) == {relaxed}
     if strict.store.dialect == "sqlite":  # type: ignore[attr-defined]

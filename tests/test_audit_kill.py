@@ -1,9 +1,11 @@
+# ruff: noqa: F401, F811 - pytest fixtures imported from audit_support / pg_support are parameters here
 """THE KILL TEST: a real child process runs a Guard with strict audit durability and prints each
 returned Decision's request id; the parent SIGKILLs it mid-stream and checks that the store opens
-cleanly and holds every Decision that was handed to a caller.
+cleanly and holds every Decision that was handed to a caller. On SQLite and on PostgreSQL.
 
-Runs in rounds on one database: each new child opens the WAL left by the killed one (recovery) and
-writes on; the final check is made from a fresh process with the plain sqlite3 module.
+Runs in rounds on one database: each new child opens the store left by the killed one (on SQLite,
+a WAL recovery) and writes on; the final check is made from a fresh process with the plain
+driver (sqlite3 / psycopg), no library code.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from audit_support import backend
+from pg_support import pg_server
 
-from guardrails_plugin.audit import AuditRecord, SQLiteAuditStore
+from guardrails_plugin.audit import AuditRecord, open_store
 from guardrails_plugin.types import Action, Decision, GuardRequest, Stage
 
 pytestmark = [
@@ -76,14 +80,24 @@ CHILD = textwrap.dedent(
 
 VERIFY = textwrap.dedent(
     """
-    import json, sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1])
+    import json, sys
+    target = sys.argv[1]
+    if target.startswith("postgresql://"):
+        import psycopg
+        conn = psycopg.connect(target)
+        integrity, journal = "ok", "n/a"
+    else:
+        import sqlite3
+        conn = sqlite3.connect(target)
+        integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     print(json.dumps({
-        "integrity": conn.execute("PRAGMA integrity_check").fetchone()[0],
-        "journal_mode": conn.execute("PRAGMA journal_mode").fetchone()[0],
+        "integrity": integrity,
+        "journal_mode": journal,
         "decisions": [r[0] for r in conn.execute("SELECT request_id FROM decisions ORDER BY seq")],
         "escalations": [r[0] for r in conn.execute(
-            "SELECT request_id FROM escalations WHERE status='pending'")],
+            "SELECT e.request_id FROM escalations e LEFT JOIN reviews r ON r.escalation_id = e.id"
+            " WHERE r.id IS NULL")],
     }))
     """
 )
@@ -96,7 +110,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def run_and_kill(script: Path, db: Path, durability: str, kill_after: int, workers: int = 1) -> list[tuple[str, str]]:
+def run_and_kill(script: Path, db: Path | str, durability: str, kill_after: int, workers: int = 1) -> list[tuple[str, str]]:
     """Start the child, SIGKILL it after ``kill_after`` decisions; every line it printed."""
     proc = subprocess.Popen(
         [sys.executable, str(script), str(db), durability, str(workers)],
@@ -137,7 +151,7 @@ def run_and_kill(script: Path, db: Path, durability: str, kill_after: int, worke
     return got
 
 
-def verify_in_fresh_process(db: Path) -> dict:
+def verify_in_fresh_process(db: Path | str) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", VERIFY, str(db)], capture_output=True, text=True, timeout=60, env=_env()
     )
@@ -145,52 +159,52 @@ def verify_in_fresh_process(db: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def test_sigkill_mid_stream_loses_no_strict_decision(tmp_path: Path) -> None:
+def test_sigkill_mid_stream_loses_no_strict_decision(backend: str, tmp_path: Path) -> None:
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    db = tmp_path / "audit.db"
+    sqlite = not backend.startswith("postgresql://")
     printed: list[tuple[str, str]] = []
-    # round 1: one caller; round 2: a restart on the killed WAL, four concurrent callers
+    # round 1: one caller; round 2: a restart on the killed store, four concurrent callers
     for kill_after, workers in ((40, 1), (60, 4)):
-        got = run_and_kill(script, db, "strict", kill_after, workers)
+        got = run_and_kill(script, backend, "strict", kill_after, workers)
         assert len(got) >= kill_after
         printed += got
-        # the killed process never checkpointed or removed its WAL: a real recovery follows
-        assert (tmp_path / "audit.db-wal").exists()
+        if sqlite:  # the killed process never checkpointed or removed its WAL: a real recovery follows
+            assert (tmp_path / "audit.db-wal").exists()
 
-    state = verify_in_fresh_process(db)  # a new process, plain sqlite3, no library code
+    state = verify_in_fresh_process(backend)  # a new process, the plain driver, no library code
     assert state["integrity"] == "ok"
-    assert state["journal_mode"] == "wal"
+    assert state["journal_mode"] == ("wal" if sqlite else "n/a")
     stored = set(state["decisions"])
     missing = [rid for rid, _ in printed if rid not in stored]
     assert not missing, f"{len(missing)} returned decision(s) missing from the audit store"
+    assert len(stored) == len(state["decisions"])  # none twice
     escalated = {rid for rid, action in printed if action == "escalate"}
     assert escalated and escalated <= set(state["escalations"])
     assert {a for _, a in printed} == {"allow", "block", "escalate"}
 
     # and through the library's own reader, after recovery
-    store = SQLiteAuditStore(db, create=False)
+    store = open_store(backend, create=False)
     assert store.integrity_check() == "ok"
     recs = {r.request_id: r for r in store.records()}
     assert all(recs[rid].action == action for rid, action in printed)
     store.close()
 
 
-def test_sigkill_during_background_writes_leaves_a_clean_store(tmp_path: Path) -> None:
+def test_sigkill_during_background_writes_leaves_a_clean_store(backend: str, tmp_path: Path) -> None:
     """Background mode may lose the queued tail on a kill, but never corrupts the store."""
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    db = tmp_path / "bg.db"
-    printed = run_and_kill(script, db, "background", 200, workers=2)
+    printed = run_and_kill(script, backend, "background", 200, workers=2)
     assert len(printed) >= 200
-    state = verify_in_fresh_process(db)
+    state = verify_in_fresh_process(backend)
     assert state["integrity"] == "ok"
     assert len(set(state["decisions"])) == len(state["decisions"])  # no duplicated rows
     # the recovered store takes new writes from a new process and reads them back
     req = GuardRequest(stage=Stage.PROMPT, prompt="after the crash")
     dec = Decision(action=Action.ALLOW, stage=Stage.PROMPT, text="after the crash", reason="test",
                    request_id=req.request_id)
-    store = SQLiteAuditStore(db, create=False)
+    store = open_store(backend, create=False)
     before = store.count()
     assert before == len(state["decisions"])
     store.write([AuditRecord.from_decision(req, dec)], durable=True)
@@ -213,10 +227,10 @@ EXIT_CHILD = textwrap.dedent(
 )
 
 
-def test_background_queue_is_drained_at_interpreter_exit(tmp_path: Path) -> None:
+def test_background_queue_is_drained_at_interpreter_exit(backend: str, tmp_path: Path) -> None:
     script = tmp_path / "exit_child.py"
     script.write_text(EXIT_CHILD)
-    db = tmp_path / "exit.db"
+    db = backend
     out = subprocess.run([sys.executable, str(script), str(db)], capture_output=True, text=True,
                          timeout=90, env=_env(), cwd=str(REPO))
     assert out.returncode == 0, out.stderr
