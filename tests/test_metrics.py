@@ -356,3 +356,77 @@ def test_otel_guard_span_names_the_failure_of_any_window() -> None:
     _span(provider.get_tracer("t"), req, d)
     (child,) = [s for s in exporter.get_finished_spans() if s.name == "guardrails.guard"]
     assert child.attributes["guardrails.failure"] == "timeout"
+
+
+MP_WORKER = """
+import sys
+from guardrails_plugin import Guard, GuardConfig
+from guardrails_plugin.circuit import CircuitConfig
+from guardrails_plugin.engines import ScriptedEngine
+from guardrails_plugin.metrics import attach_metrics, multiprocess_mode, start_metrics_server
+
+SAFE = "ok\\nAnswers: \\nRequest: unharmful\\nCompletion: compliance\\nResponse: unharmful\\n"
+HARM = "bad\\nAnswers: \\nRequest: harmful\\nCompletion: compliance\\nResponse: harmful\\n"
+
+def responder(prompt):
+    if "explode" in prompt:
+        raise RuntimeError("engine crashed")
+    return HARM if "bomb" in prompt else SAFE
+
+assert multiprocess_mode(), "PROMETHEUS_MULTIPROC_DIR was not picked up"
+n, port, db, crash = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "crash"
+guard = Guard(GuardConfig(audit={"path": db, "durability": "strict"},
+                          circuit=CircuitConfig(failure_threshold=1)), engine=ScriptedEngine(responder))
+metrics = attach_metrics(guard)
+for i in range(n):
+    guard.check_prompt("a bomb" if i % 2 else "hello")
+if crash:  # the last check: this worker's circuit opens
+    guard.check_prompt("explode")
+if port:
+    start_metrics_server(port, metrics)
+print("READY", flush=True)
+sys.stdin.read()  # stay alive (a live worker) until the test is done
+"""
+
+
+def test_two_workers_are_summed_in_one_scrape(tmp_path) -> None:
+    """prometheus-client's multiprocess mode: two worker processes, one scrape, the sum."""
+    import os
+    import subprocess
+    import sys
+
+    from guardrails_plugin.metrics import multiprocess_mode
+
+    assert not multiprocess_mode()  # this process: ordinary in-memory metrics
+    mp_dir = tmp_path / "prom"
+    mp_dir.mkdir()
+    port = free_port()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])}
+    db = str(tmp_path / "audit.db")
+    workers = [subprocess.Popen([sys.executable, "-c", MP_WORKER, n, p, db, crash], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for n, p, crash in (("3", str(port), "-"), ("5", "0", "crash"))]
+    try:
+        for w in workers:
+            line = w.stdout.readline()  # type: ignore[union-attr]
+            assert line == "READY\n", w.stderr.read() if w.poll() is not None else line  # type: ignore[union-attr]
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text  # worker 1 serves
+    finally:
+        for w in workers:
+            w.communicate(timeout=30)  # closes stdin: the workers exit
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    gr = {"stage": "prompt", "model": "GuardReasoner-1B"}
+    assert value("guardrails_checks_total", **gr, action="allow") == 2 + 3  # worker 1 + worker 2
+    assert value("guardrails_checks_total", **gr, action="block") == 1 + 2 + 1  # + the crash, closed
+    assert value("guardrails_decision_latency_seconds_count", stage="prompt") == 3 + 6
+    assert value("guardrails_audit_records_total", outcome="written") == 3 + 6
+    assert value("guardrails_guard_failures_total", **gr, failure="engine_error") == 1
+    states = [v for (name, _), v in samples.items() if name == "guardrails_circuit_state"]
+    assert max(states) == 2  # the worst live worker: worker 2's circuit is open
+    assert sum(v for (name, _), v in samples.items() if name == "guardrails_circuit_opened_total") == 1
