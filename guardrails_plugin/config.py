@@ -124,7 +124,7 @@ class NotifyConfig(BaseModel):
     secret: str | None = Field(
         None, repr=False, description="HMAC-SHA256 key: signs the body (X-Guardrails-Signature-256)."
     )
-    on: list[Literal["escalate", "block"]] = Field(default_factory=lambda: ["escalate"])
+    on: list[Literal["escalate", "block"]] = Field(["escalate"])  # pydantic copies the default per instance
     format: Literal["json", "slack"] = "json"
     timeout_s: float = Field(5.0, gt=0, description="Deadline of one delivery attempt.")
     max_retries: int = Field(3, ge=0, description="Retries after a failed attempt (backoff doubles).")

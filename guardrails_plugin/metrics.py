@@ -333,7 +333,7 @@ def attach_metrics(guard: Observed, registry: CollectorRegistry | None = None, *
     return m.attach(guard)
 
 
-def metrics_for(guard: Observed) -> GuardMetrics | None:
+def metrics_for(guard: object) -> GuardMetrics | None:
     """The GuardMetrics attached to ``guard``, if any."""
     return _by_guard.get(guard)
 

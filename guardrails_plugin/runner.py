@@ -273,8 +273,8 @@ class Runner:
         deadline = asyncio.get_running_loop().time() + job.settings.timeout_s
         try:
             pre_idx = [i for i, sp in enumerate(specs) if sp.pre is not None]
-            if pre_idx:
-                pres = [specs[i].pre for i in pre_idx]
+            pres = [sp.pre for sp in specs if sp.pre is not None]
+            if pres:
                 texts = await self._within(job, lambda left: job.engine.generate(pres, timeout=left), deadline)
                 self._check_batch(job, texts, len(pres), "completions")
                 for i, t in zip(pre_idx, texts, strict=True):

@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 from ..errors import GuardEngineError
 from ..types import GuardRequest, Stage
@@ -30,8 +30,8 @@ class CannedFamily(Protocol):
     variants, stages, prompts and canned answers. Engines sit below the families in the import
     graph, so the families are handed in (``use_families``), never imported here."""
 
-    variants: ClassVar[dict[str, str]]
-    stages: ClassVar[frozenset[Stage]]
+    variants: dict[str, str]
+    stages: frozenset[Stage]
 
     def __call__(self, name: str | None = None) -> Any: ...
 
@@ -240,7 +240,7 @@ def _probes(families: Iterable[CannedFamily] | None) -> list[_Probe]:
 
 
 def _variants(fam: CannedFamily) -> list[Any]:
-    names = [h.rsplit("/", 1)[-1] for h in fam.variants.values()] or [None]
+    names: list[str | None] = [h.rsplit("/", 1)[-1] for h in fam.variants.values()] or [None]
     found = []
     for name in names:
         try:
