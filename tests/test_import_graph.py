@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "guardrails_plugin"
 
 #: cycles another change is removing (issue 10's LiteLLM rewrite); listed so that they cannot grow
 #: unseen, and checked to still exist so the entry is deleted when they go
-PENDING = [{"guardrails_plugin.litellm.guardrail", "guardrails_plugin.litellm.stream"}]
+PENDING: list[set[str]] = []
 
 
 def _graph() -> nx.DiGraph:

@@ -16,7 +16,7 @@ Proxy config (see integrations/litellm/config.yaml)::
 
 Hooks: ``pre_call`` / ``during_call`` check the prompt (BLOCK -> HTTP 400 with the decision in the
 JSON body); ``post_call`` checks the answer and its reasoning on non-streaming responses and, for
-streams, runs ReasoningMonitors over the reasoning and answer deltas (see stream.py).
+streams, runs the turn guard over the reasoning, answer and tool-call deltas (see stream.py).
 
 The parameter names avoid LiteLLM's own ``litellm_params`` fields (``mode``, ``config``,
 ``timeout``, ...), which the proxy would otherwise type-check and coerce.
@@ -38,8 +38,9 @@ from ..config import GuardConfig
 from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError
 from ..guard import Guard
-from ..stream import ajudge, parts_of
+from ..stream import TurnRunner, ajudge, parts_of
 from ..types import Action, Decision, GuardRequest, Stage
+from .stream import decision_payload, guard_stream
 
 log = logging.getLogger("guardrails_plugin.litellm")
 
@@ -52,24 +53,6 @@ _OWN_DICT_HOOKS = ("async_post_call_streaming_iterator_hook",)
 class GuardrailStartupError(RuntimeError):
     """The guardrail cannot start (bad config). Deliberately not a ValueError: LiteLLM's proxy
     skips guardrails whose constructor raises ValueError/TypeError and serves traffic unguarded."""
-
-
-def decision_payload(decision: Decision, guardrail_name: str | None = None) -> dict[str, Any]:
-    """The decision as the JSON the client sees (400 bodies, the last chunk of a blocked stream).
-
-    A fail-mode reason ("guard_unavailable: <engine error with internal URLs>") is cut to its
-    kind: the engine's details are for the proxy's logs, not for API clients."""
-    reason = decision.reason.split(":", 1)[0] if decision.failure is not None else decision.reason
-    return {
-        "guardrail": guardrail_name or "guardrails-plugin",
-        "action": decision.action.value,
-        "stage": decision.stage.value,
-        "risk": round(decision.risk, 4),
-        "categories": list(decision.categories),
-        "reason": reason,
-        "degraded": decision.degraded,
-        "request_id": decision.request_id,
-    }
 
 
 def blocked_exception(decision: Decision, guardrail_name: str | None = None) -> HTTPException:
@@ -291,7 +274,12 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict
     ) -> AsyncGenerator[Any, None]:
-        from .stream import guard_stream
-
-        async for chunk in guard_stream(self, response, request_data):
+        reasoning, answer = self.guards(Stage.REASONING), self.guards(Stage.RESPONSE)
+        if not (reasoning or answer):
+            async for chunk in response:
+                yield chunk
+            return
+        runner = TurnRunner.of(self.guard.stream_checks(), self.query_text(request_data), local=True,
+                               reasoning=reasoning, response=answer, metadata={"guardrail": self._name()})
+        async for chunk in guard_stream(runner, response, self._name(), request_data.get("model")):
             yield chunk

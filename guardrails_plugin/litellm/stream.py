@@ -16,37 +16,42 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..stream import TurnRunner, adrive, parts_of
 from ..types import Decision, Stage
 
-if TYPE_CHECKING:
-    from .guardrail import GuardrailsPluginGuardrail
-
 log = logging.getLogger("guardrails_plugin.litellm")
 
 
-async def guard_stream(
-    guardrail: GuardrailsPluginGuardrail, response: Any, request_data: dict[str, Any]
-) -> AsyncIterator[Any]:
-    """The guarded stream (the body of the guardrail's streaming-iterator hook)."""
-    reasoning, answer = guardrail.guards(Stage.REASONING), guardrail.guards(Stage.RESPONSE)
-    if not (reasoning or answer):
-        async for chunk in response:
-            yield chunk
-        return
-    runner = TurnRunner.of(
-        guardrail.guard.stream_checks(), guardrail.query_text(request_data), local=True,
-        reasoning=reasoning, response=answer, metadata={"guardrail": guardrail._name()},
-    )
+async def guard_stream(runner: TurnRunner, response: Any, guardrail: str, model: Any) -> AsyncIterator[Any]:
+    """The upstream ``response`` through ``runner``'s turn guard, ended by a refusal chunk on a stop."""
     async for chunk in adrive(runner, response, parts_of):
         yield chunk
     if runner.stop is not None:
         info = abort_info(runner)
         log.info("guardrails-plugin ended a stream: %s %s (%s) %s",
                  runner.stop.stage, runner.stop.action, runner.stop.reason, info)
-        yield refusal_chunk(guardrail, runner, request_data.get("model"), info)
+        yield refusal_chunk(runner, guardrail, model, info)
+
+
+def decision_payload(decision: Decision, guardrail_name: str | None = None) -> dict[str, Any]:
+    """The decision as the JSON the client sees (400 bodies, the last chunk of a blocked stream).
+
+    A fail-mode reason ("guard_unavailable: <engine error with internal URLs>") is cut to its
+    kind: the engine's details are for the proxy's logs, not for API clients."""
+    reason = decision.reason.split(":", 1)[0] if decision.failure is not None else decision.reason
+    return {
+        "guardrail": guardrail_name or "guardrails-plugin",
+        "action": decision.action.value,
+        "stage": decision.stage.value,
+        "risk": round(decision.risk, 4),
+        "categories": list(decision.categories),
+        "reason": reason,
+        "degraded": decision.degraded,
+        "request_id": decision.request_id,
+    }
+
 
 
 def abort_info(runner: TurnRunner) -> dict[str, Any]:
@@ -64,19 +69,17 @@ def abort_info(runner: TurnRunner) -> dict[str, Any]:
     return info
 
 
-def refusal_chunk(guardrail: GuardrailsPluginGuardrail, runner: TurnRunner, model: Any, info: dict) -> Any:
+def refusal_chunk(runner: TurnRunner, guardrail: str, model: Any, info: dict[str, Any]) -> Any:
     from litellm.types.utils import Delta, ModelResponseStream, StreamingChoices
-
-    from .guardrail import decision_payload
 
     d: Decision = runner.stop  # type: ignore[assignment]
     last = runner.turn.last_item
-    text = d.text if d.blocked else guardrail.guard.config.refusal_message
+    text = d.text if d.blocked else runner.deps.config.refusal_message
     return ModelResponseStream(
         id=getattr(last, "id", None) or f"chatcmpl-{uuid.uuid4().hex}",
         model=getattr(last, "model", None) or model,
         created=getattr(last, "created", None) or int(time.time()),
         choices=[StreamingChoices(index=i, delta=Delta(content=text), finish_reason="content_filter")
                  for i in sorted(runner.turn.choices) or [0]],
-        provider_specific_fields={"guardrails_plugin": {**decision_payload(d, guardrail._name()), **info}},
+        provider_specific_fields={"guardrails_plugin": {**decision_payload(d, guardrail), **info}},
     )
