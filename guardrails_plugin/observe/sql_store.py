@@ -104,13 +104,12 @@ class SqlAuditStore:
 
     @staticmethod
     def _decision_row(r: AuditRecord) -> dict[str, Any]:
-        d = r.to_dict()
-        return {c: d[c] for c in _DECISION_COLS}
+        return {c: getattr(r, c) for c in _DECISION_COLS}  # shallow: asdict() deep-copies
 
     @staticmethod
     def _escalation_row(r: AuditRecord) -> dict[str, Any]:
-        e = Escalation.from_record(0, r).to_dict()
-        return {c: e[c] for c in _ESC_COLS if c != "id"}
+        e = Escalation.from_record(0, r)
+        return {c: getattr(e, c) for c in _ESC_COLS if c != "id"}
 
     # -- reads --------------------------------------------------------------------------------
     def records(
