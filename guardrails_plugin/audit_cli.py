@@ -164,11 +164,11 @@ def show_cmd(
         ("resolver", esc.resolver or "-"), ("note", esc.note or "-"),
         ("resolved at", _when(esc.resolved_at)),
     ]
-    for v in esc.verdicts:
-        label = f"{v.get('guard', '?')}: risk {v.get('risk', 0):.2f} {v.get('label') or ''}".strip()
-        if v.get("rationale"):
-            label += f" - {v['rationale']}"
-        rows.append(("verdict", label))
+    for verdict in esc.verdicts:
+        label = f"{verdict.get('guard', '?')}: risk {verdict.get('risk', 0):.2f} {verdict.get('label') or ''}"
+        if verdict.get("rationale"):
+            label = f"{label.strip()} - {verdict['rationale']}"
+        rows.append(("verdict", label.strip()))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

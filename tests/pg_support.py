@@ -54,7 +54,9 @@ class PgServer:
     def __init__(self, bindir: Path):
         self.bindir = bindir
         self.as_root = os.geteuid() == 0
-        self.root = Path(tempfile.mkdtemp(prefix="gp-pg-"))
+        # as root the server runs as 'postgres', which must reach the directory: /tmp, not $TMPDIR
+        base = "/tmp" if self.as_root and os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="gp-pg-", dir=base))
         self.data = self.root / "data"
         self.sock = self.root / "sock"
         self.log = self.root / "server.log"
@@ -130,6 +132,8 @@ def acquire() -> PgServer:
                 pwd.getpwnam("postgres")
             except KeyError:
                 _unavailable("running as root and there is no 'postgres' user to run the server")
+            if shutil.which("runuser") is None:
+                _unavailable("running as root and there is no runuser to start the server as 'postgres'")
         _SERVER = PgServer(bindir)  # type: ignore[arg-type]
         atexit.register(_shutdown)
     _USERS += 1
