@@ -5,7 +5,9 @@ Store API (what the review CLI, the review page, webhooks and Python callers use
     from guardrails_plugin.audit import open_store
     store = open_store("postgresql://user@host:5432/db")   # or "audit.db", "sqlite:///audit.db", "audit.jsonl"
     store.records(request_id=None, action=None, limit=None)  -> list[AuditRecord], oldest first
-    store.list_escalations(status=None)                      -> list[Escalation]; status pending|approved|rejected
+                                                                (SQL stores also take since=<epoch s>)
+    store.list_escalations(status=None, limit=None, offset=0) -> list[Escalation] by id;
+                                                                status pending|approved|rejected|None
     store.get_escalation(id)                                 -> Escalation | None
     store.resolve(id, approved, resolver=None, note=None)    -> Escalation  (appends the review; final:
                                                                 EscalationAlreadyResolved on a second call,

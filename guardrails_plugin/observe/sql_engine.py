@@ -61,10 +61,11 @@ def make_engine(
         )
         _sqlite_events(engine)
     else:
+        defaults = {"connect_timeout": max(2, round(connect_timeout_s)),
+                    "application_name": "guardrails-plugin-audit"}
         engine = sa.create_engine(
             url,
-            connect_args={"connect_timeout": max(1, round(connect_timeout_s)),
-                          "application_name": "guardrails-plugin-audit"},
+            connect_args={k: v for k, v in defaults.items() if k not in url.query},  # the URL's win
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=connect_timeout_s,
