@@ -196,6 +196,7 @@ def test_close_gives_up_on_an_unreachable_store_and_counts(tmp_path: Path) -> No
         guard.check_prompt(f"t{i}")
     auditor.close(timeout=0.5)  # returns: the store never came back
     assert auditor.dropped == 4 and auditor.pending == 0
+    assert store.attempts < 50  # backed off until the deadline, no busy loop
 
 
 def test_a_rejected_record_does_not_take_its_batch_with_it(tmp_path: Path) -> None:

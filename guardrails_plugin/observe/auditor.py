@@ -304,8 +304,10 @@ class Auditor:
                     log.warning("audit store unreachable (%s); %d record(s) waiting, retrying", exc,
                                 len(batch) + len(self._queue))
                 with self._cond:
-                    give_up = self._give_up_at is not None and time.monotonic() >= self._give_up_at
-                if give_up:  # closing and the store is still down: what is left is lost, counted
+                    give_up_at = self._give_up_at
+                now = time.monotonic()
+                if give_up_at is not None and now >= give_up_at:
+                    # closing and the store is still down: what is left is lost, counted
                     with self._cond:
                         rest = len(self._queue)
                         self._queue.clear()
@@ -313,7 +315,9 @@ class Auditor:
                               len(batch) + rest)
                     self._settle("dropped", len(batch) + rest)
                     return
-                self._wake.wait(delay)  # close() sets it, to recheck the deadline at once
+                # close() sets _wake once so a long pause cannot overrun its deadline
+                if self._wake.wait(delay if give_up_at is None else min(delay, give_up_at - now)):
+                    self._wake.clear()
                 delay = min(delay * 2, self.max_backoff_s)
             except Exception:
                 rejected += 1
