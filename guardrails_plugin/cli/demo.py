@@ -119,15 +119,21 @@ def demo(
         return guard, cfg
 
     _quiet_hf_progress()
+    import logging
+
+    lib_log = logging.getLogger("guardrails_plugin")
+    old_level = lib_log.level
     if tiny:
         # every tiny verdict is unparseable by design: the table says so, one log line each is noise
-        import logging
-
-        logging.getLogger("guardrails_plugin").setLevel(logging.ERROR)
+        lib_log.setLevel(logging.ERROR)
         if not json_out:
             _err_console(soft_wrap=False).print(Panel(TINY_WARNING, border_style="yellow", title="warning"))
-    guard, cfg = _handle(setup)
     rows: list[tuple[Stage, dict[str, str], Decision, float]] = []
+    try:
+        guard, cfg = _handle(setup)
+    except BaseException:
+        lib_log.setLevel(old_level)
+        raise
     try:
         for stage, ex in DEMO_EXAMPLES:
             req = guard.request(stage, prompt=ex.get("prompt", ex.get("query", "")),
@@ -139,6 +145,7 @@ def demo(
         guard.close()
         if tmp is not None:
             tmp.cleanup()
+        lib_log.setLevel(old_level)  # the CLI may run in-process (tests, notebooks): leave logging as found
 
     if json_out:
         for stage, ex, d, ms in rows:
