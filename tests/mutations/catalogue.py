@@ -43,3 +43,51 @@ def register(mutation: Callable[..., None]) -> None:
         new="",
         tests=["tests/test_runner.py::test_cancelling_the_caller_propagates_out_of_the_runner"],
     )
+
+    # ---- streaming (the TurnGuard owns every rule once) -----------------------------------------------
+    # Hold-back: an item may leave only once every track it fed has covered it.
+    mutation(
+        id="turn-holdback-releases-unchecked",
+        prop="hold-back (in-process)",
+        path="guardrails_plugin/stream/turn.py",
+        old="            if any((t.covered < n) if t is not None else not passed for t, n in h.needs):\n                break",
+        new="            if False:\n                break",
+        tests=["tests/test_turn_guard.py", "tests/test_monitor.py"],
+    )
+    # Mid-stream REDACT stops the stream like BLOCK (a redaction cannot be applied to text already sent).
+    mutation(
+        id="stream-redact-counts-as-allow",
+        prop="mid-stream REDACT",
+        path="guardrails_plugin/stream/track.py",
+        old="return decision.blocked or decision.action is Action.REDACT",
+        new="return decision.blocked",
+        tests=["tests/test_turn_guard.py", "tests/test_monitor.py"],
+    )
+    # ---- forgery defences ------------------------------------------------------------------------------
+    # Text sent to a server: special-token look-alikes broken so they cannot open a forged turn.
+    mutation(
+        id="forgery-no-defuse-over-http",
+        prop="forgery: special tokens (HTTP)",
+        path="guardrails_plugin/engines/base.py",
+        old=r'return _SPECIAL_TOKEN_TEXT.sub("<\u200b", text)',
+        new="return text",
+        tests=["tests/test_openai_defuse.py"],
+    )
+    # In-process: untrusted text never becomes special-token ids.
+    mutation(
+        id="forgery-special-ids-in-process",
+        prop="forgery: special tokens (in-process)",
+        path="guardrails_plugin/engines/transformers/encoding.py",
+        old="out.extend(self._encode_trusted(text) if trusted else self._encode_plain(text))",
+        new="out.extend(self._encode_trusted(text))",
+        tests=["tests/test_injection_redteam.py"],
+    )
+    # Field markers in user text (``\nThought: ...``) are quoted so they cannot open a guard field.
+    mutation(
+        id="forgery-field-markers-unquoted",
+        prop="forgery: guard field markers",
+        path="guardrails_plugin/models/base.py",
+        old="    return _field_line(tuple(markers)).sub(QUOTE, text)",
+        new="    return text",
+        tests=["tests/test_injection_redteam.py"],
+    )
