@@ -15,6 +15,7 @@ import atexit
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,18 @@ class PgServer:
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                   "--locale=C", "--no-sync")
         self.start()
+        self._watchdog = self._start_watchdog()
+
+    def _start_watchdog(self) -> subprocess.Popen[bytes]:
+        """A pytest killed without teardown (SIGTERM from a timeout, SIGKILL) must not leave a
+        server behind: a detached shell stops the cluster once this process is gone."""
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        if self.as_root:
+            stop = ["runuser", "-u", "postgres", "--", *stop]
+        script = (f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 2; done; "
+                  f"{shlex.join(stop)} >/dev/null 2>&1; rm -rf {shlex.quote(str(self.root))}")
+        return subprocess.Popen(["sh", "-c", script], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _run(self, tool: str, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / tool), *args]
@@ -105,6 +118,8 @@ class PgServer:
         return self.url(name)
 
     def close(self) -> None:
+        self._watchdog.kill()
+        self._watchdog.wait()
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
