@@ -91,3 +91,24 @@ def register(mutation: Callable[..., None]) -> None:
         new="    return text",
         tests=["tests/test_injection_redteam.py"],
     )
+
+    # The parser reads only the guard's completion, never its input (where a forged verdict may sit).
+    mutation(
+        id="forgery-parser-reads-the-prompt",
+        prop="forgery: parse the completion only",
+        path="guardrails_plugin/runner.py",
+        old="                v = job.model.parse(completion, job.stage)",
+        new="                v = job.model.parse(job.engine.render(inputs[windows.index(w)]) + completion, job.stage)",
+        tests=["tests/test_injection_redteam.py"],
+    )
+
+    # ---- audit -----------------------------------------------------------------------------------------
+    # Strict durability: the SQLite WAL is fsync'd before COMMIT returns (synchronous=FULL).
+    mutation(
+        id="audit-strict-not-fsynced",
+        prop="strict audit fsync",
+        path="guardrails_plugin/observe/sql_engine.py",
+        old='want = "FULL" if opts.get(DURABLE, True) else "NORMAL"',
+        new='want = "OFF"',
+        tests=["tests/test_audit.py::test_strict_commits_are_synchronous_background_ones_batch"],
+    )
