@@ -49,12 +49,11 @@ __all__ = [
     "preflight",
 ]
 
-try:  # the reviewer's side of the escalation queue (audit_cli.py)
-    from ..audit_cli import escalations_app
+# the reviewer's side of the escalation queue, and the audit store's upkeep (audit_cli.py)
+from ..audit_cli import audit_app, escalations_app  # noqa: E402
 
-    app.add_typer(escalations_app, name="escalations")
-except ImportError:  # pragma: no cover - optional module
-    pass
+app.add_typer(escalations_app, name="escalations")
+app.add_typer(audit_app, name="audit")
 
 # `review serve` (the review page) and `escalations export` (reviewed items as labelled data)
 from ..review.cli import register as _register_review  # noqa: E402
