@@ -56,6 +56,11 @@ class GuardModelConfig(BaseModel):
     engine: EngineKind = "transformers"
     base_url: str | list[str] | None = Field(None, description="OpenAI-compatible server(s).")
     served_model_name: str | None = Field(None, description="Model name the server expects.")
+    session_header: str | None = Field(
+        "x-session-id",
+        description="HTTP header carrying a stream's session key, so vllm-router's consistent_hash "
+        "policy keeps every check of one stream on one replica (null: send none).",
+    )
     api_key: str | None = None
     max_new_tokens: int | None = Field(None, gt=0)
     timeout_s: float = Field(30.0, gt=0, description="Deadline of one guard call.")

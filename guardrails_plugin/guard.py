@@ -340,15 +340,19 @@ class Guard:
                 log.exception("closing engine %s failed", e.name)
         self._engines.clear()
 
-    def close(self) -> None:
-        self._runtime.run(self._aclose())
+    def _close_sinks(self) -> None:
         if self.auditor is not None:
             self.auditor.close()  # drains queued audit records
+        if self.notifier is not None:
+            self.notifier.close()  # sends what is queued, then stops its worker
+
+    def close(self) -> None:
+        self._runtime.run(self._aclose())
+        self._close_sinks()
 
     async def aclose(self) -> None:
         await self._runtime.arun(self._aclose())
-        if self.auditor is not None:
-            await asyncio.to_thread(self.auditor.close)
+        await asyncio.to_thread(self._close_sinks)
 
     def __enter__(self) -> Guard:
         return self

@@ -45,7 +45,7 @@ def engine_key(cfg: GuardModelConfig, model: GuardModel) -> tuple[Any, ...]:
         urls = tuple(cfg.base_url) if isinstance(cfg.base_url, list) else (cfg.base_url,)
         # The api_key is part of the identity: a guard configured with its own key must not be
         # sent with another guard's (the engine holds one Authorization header).
-        return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model), cfg.api_key)
+        return ("openai", urls, cfg.served_model_name or _model_ref(cfg, model), cfg.api_key, cfg.session_header)
     return ("transformers", _model_ref(cfg, model), cfg.device, cfg.dtype)
 
 
@@ -115,6 +115,7 @@ def build_engine(cfg: GuardModelConfig, model: GuardModel, *, download: bool = F
             model=cfg.served_model_name or ref,
             api_key=cfg.api_key,
             timeout_s=cfg.timeout_s,
+            session_header=cfg.session_header,
         )
     from .engines.transformers import TransformersEngine
 

@@ -93,3 +93,19 @@ def test_yaml_round_trip_and_guard_lookup_by_any_case(tmp_path: Path) -> None:
 
     guard = Guard(cfg, engine=ScriptedEngine(["Answers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n"]))
     assert guard.model("guardreasoner_1b") is guard.model("GuardReasoner-1B")
+
+
+def test_session_header_travels_from_yaml_to_the_engine(tmp_path) -> None:
+    """vllm-router deployments that key stickiness on another header name set it in the config."""
+    from guardrails_plugin.loading import build_engine
+    from guardrails_plugin.models import get_model_class
+
+    path = tmp_path / "guard.yaml"
+    path.write_text(
+        "models:\n  GuardReasoner-1B: {engine: openai, base_url: 'http://127.0.0.1:9', session_header: x-route-key}\n"
+    )
+    cfg = GuardConfig.from_yaml(path)
+    mc = cfg.models["GuardReasoner-1B"]
+    assert build_engine(mc, get_model_class(mc.family)()).session_header == "x-route-key"
+    off = mc.model_copy(update={"session_header": None})
+    assert build_engine(off, get_model_class(mc.family)()).session_header is None
