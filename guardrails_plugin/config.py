@@ -31,6 +31,7 @@ Strictness = Literal["strict", "moderate", "loose"]
 FailMode = Literal["closed", "open"]
 EngineKind = Literal["transformers", "openai"]
 Mode = Literal["full", "fast", "cascade"]
+PromptRole = Literal["system", "developer", "user", "assistant", "tool"]
 
 #: FlexGuard's rubric thresholds (risk score 20 / 40 / 60 of 100), used for every guard's risk.
 STRICTNESS_THRESHOLDS: dict[str, float] = {"strict": 0.2, "moderate": 0.4, "loose": 0.6}
@@ -271,6 +272,11 @@ class GuardConfig(BaseSettings):
         0.2, ge=0.0, le=1.0, description="Risks in [escalate, block) escalate instead of allow."
     )
     escalation_hold: bool = Field(False, description="Hold (block) escalated content until reviewed.")
+    prompt_roles: list[PromptRole] = Field(
+        ["system", "developer", "user"], min_length=1,
+        description="Client-supplied roles the prompt stage judges; add tool (tool results) and "
+        "assistant (replayed or prefilled assistant turns, their reasoning and tool calls).",
+    )
     fail_mode: FailMode = "closed"
     category_actions: dict[str, Action] = Field(
         default_factory=dict, description="Per-category action when flagged, e.g. {INF: redact}."
