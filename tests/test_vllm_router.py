@@ -146,9 +146,9 @@ def test_engine_retries_do_not_multiply_the_router(tmp_path: Path) -> None:
 
             async def one() -> None:
                 try:
-                    from guardrails_plugin.engines.base import GenerationRequest
+                    from guardrails_plugin.engines.base import GenerationRequest, SessionKey
 
-                    await engine.generate([GenerationRequest(prompt="p", session_id="s1|g|0")])
+                    await engine.generate([GenerationRequest(prompt="p", session_id=SessionKey("s1", "g", 0))])
                 finally:
                     await engine.aclose()
 
