@@ -162,6 +162,12 @@ _RS_THOUGHT = re.compile(r"\nThought: (.*)\n<\|assistant\|>\n\Z", re.DOTALL)
 GR_SAFE = "Answers: \nRequest: unharmful\nCompletion: compliance\nResponse: unharmful\n"
 
 
+#: Guard prompts the marker guard could not read. It raises on them, so the check fails closed and
+#: a test asserting BLOCK would pass for the wrong reason; tests/conftest.py fails any test that left
+#: one here (a test that means it marks itself ``@pytest.mark.unreadable_guard_prompts``).
+UNEXPECTED_PROMPTS: list[str] = []
+
+
 def marker_responder(marker: str = MARKER):
     """A guard that judges only the text under judgment: harmful iff ``marker`` appears in it.
 
@@ -178,6 +184,7 @@ def marker_responder(marker: str = MARKER):
         m = _RS_THOUGHT.search(rendered)
         if m:
             return '"Analysis": scripted\n"Judgment": ' + ("1" if marker in m.group(1) else "0")
+        UNEXPECTED_PROMPTS.append(rendered)
         raise AssertionError(f"unexpected guard prompt: {rendered[-200:]!r}")
 
     return respond

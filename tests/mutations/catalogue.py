@@ -112,3 +112,15 @@ def register(mutation: Callable[..., None]) -> None:
         new='want = "OFF"',
         tests=["tests/test_audit.py::test_strict_commits_are_synchronous_background_ones_batch"],
     )
+
+    # A BLOCK must come from a verdict: with the guard prompt broken, the marker guard cannot read it
+    # and the check fails closed. Tests asserting only "BLOCK" would stay green; tests/conftest.py's
+    # unreadable-prompt check turns them red.
+    mutation(
+        id="guard-prompt-broken-block-for-wrong-reason",
+        prop="fail-closed (real verdicts)",
+        path="guardrails_plugin/models/guardreasoner.py",
+        old='return INSTUCT + "\\n" + "Human user:\\n" + prompt + "\\n\\nAI assistant:\\n" + response + "\\n\\n"',
+        new='return INSTUCT + "\\n" + "User:\\n" + prompt + "\\n\\nAI assistant:\\n" + response + "\\n\\n"',
+        tests=["tests/test_langchain_runnable.py"],
+    )
