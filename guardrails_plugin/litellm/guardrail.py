@@ -9,14 +9,25 @@ Proxy config (see integrations/litellm/config.yaml)::
           mode: [pre_call, post_call]        # post_call also guards streams
           default_on: true
           guard_config: /etc/guard.yaml      # or an inline mapping, or "os.environ/VAR"
-          guard_settings: {strictness: strict}   # optional overrides of the guard config
+          guard_settings: {strictness: strict, prompt_roles: [system, developer, user, tool]}
           stages: [prompt, reasoning, response]  # optional subset
           fail_mode: closed                  # optional override: closed | open
           on_response_block: refuse          # refuse (200 + refusal) | error (HTTP 400)
+          allow_endpoints: [embedding]       # optional: more call types passed unchecked
 
-Hooks: ``pre_call`` / ``during_call`` check the prompt (BLOCK -> HTTP 400 with the decision in the
-JSON body); ``post_call`` checks the answer and its reasoning on non-streaming responses and, for
-streams, runs the turn guard over the reasoning, answer and tool-call deltas (see stream.py).
+Endpoints: /v1/chat/completions, /v1/completions, /v1/responses and /v1/messages are judged, in
+and out, whole or streamed (prompt.py, answers.py, stream.py). Embeddings, moderation and rerank
+carry no model text back and pass; any other endpoint is unreadable and goes to the fail mode.
+
+Hooks: ``pre_call`` / ``during_call`` check every client-supplied role in ``prompt_roles`` (BLOCK
+-> HTTP 400 with the decision in the JSON body; an escalation held for review -> HTTP 403 naming
+its escalation id); ``post_call`` checks the answer, its reasoning and tool calls, and for streams
+runs the turn guard over them. Every hook's decisions go to LiteLLM's standard guardrail logging.
+
+What the client sends cannot switch the guardrail off: whether it runs is LiteLLM's
+``should_run_guardrail``, which for a ``default_on`` guardrail reads only the admin's key and team
+settings (``disable_global_guardrails``, ``opted_out_global_guardrails``), never the body's
+``guardrails`` list or metadata (tests/test_bypass_matrix.py tries each).
 
 The parameter names avoid LiteLLM's own ``litellm_params`` fields (``mode``, ``config``,
 ``timeout``, ...), which the proxy would otherwise type-check and coerce.
@@ -28,9 +39,8 @@ import logging
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
@@ -38,9 +48,12 @@ from ..config import GuardConfig
 from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError
 from ..guard import Guard
-from ..stream import TurnRunner, ajudge, parts_of
-from ..types import Action, Decision, GuardRequest, Stage
-from .stream import decision_payload, guard_stream
+from ..stream import TurnRunner
+from ..types import Action, Decision, Stage
+from .answers import ajudge_for, judge, kind_of
+from .prompt import NO_MODEL_TEXT, Prompt, call_type_name, endpoint, extract
+from .report import CHECK_KEY, Reporter, blocked_exception, client_payload, decision_payload, escalation_id
+from .stream import guard_stream
 
 log = logging.getLogger("guardrails_plugin.litellm")
 
@@ -53,13 +66,6 @@ _OWN_DICT_HOOKS = ("async_post_call_streaming_iterator_hook",)
 class GuardrailStartupError(RuntimeError):
     """The guardrail cannot start (bad config). Deliberately not a ValueError: LiteLLM's proxy
     skips guardrails whose constructor raises ValueError/TypeError and serves traffic unguarded."""
-
-
-def blocked_exception(decision: Decision, guardrail_name: str | None = None) -> HTTPException:
-    """HTTP 400 whose ``detail`` carries the decision; the proxy turns it into the error body."""
-    payload = decision_payload(decision, guardrail_name)
-    payload["error"] = f"{decision.stage.value} blocked by guardrails-plugin: {payload['reason']}"
-    return HTTPException(status_code=400, detail=payload)
 
 
 def _resolve_env(value: Any) -> Any:
@@ -108,15 +114,15 @@ def _parse_stages(stages: Iterable[str | Stage] | str | None) -> frozenset[Stage
 
 
 def prompt_messages(data: Mapping[str, Any]) -> Any:
-    """The user's input in a request body: the user-role messages of a chat request, else the
-    ``prompt`` / ``input`` of a completion or embedding request. None when there is none."""
+    """The user's own text in a request body (the query the reasoning and answer checks see): the
+    user-role messages of a chat / Messages request, else the ``prompt`` / ``input``."""
     messages = data.get("messages")
     if isinstance(messages, list):
         users = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
         return users or None
     for key in ("prompt", "input"):
         value = data.get(key)
-        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, (str, Mapping)) for v in value)):
             return value
     return None
 
@@ -132,6 +138,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
 
     # Keep our own pre/during/post/stream hooks even if a subclass adds apply_guardrail.
     use_native_lifecycle_hooks = True
+    # Decisions are reported by the guardrail itself (report.py), once per judged stage.
+    records_own_guardrail_information: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # The proxy looks for the streaming-iterator hook in type(cb).__dict__ only, so a user's
@@ -151,6 +159,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         stages: Iterable[str | Stage] | str | None = None,
         fail_mode: Literal["closed", "open"] | None = None,
         on_response_block: OnResponseBlock = "refuse",
+        allow_endpoints: Iterable[str] | None = None,
         warmup: bool = True,
         **kwargs: Any,
     ):
@@ -164,6 +173,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                 raise GuardConfigError("pass either a ready guard or guard_config/guard_settings/fail_mode")
             if on_response_block not in ("refuse", "error"):
                 raise GuardConfigError(f"on_response_block must be 'refuse' or 'error', got {on_response_block!r}")
+            if isinstance(allow_endpoints, str) or not all(isinstance(e, str) for e in allow_endpoints or ()):
+                raise GuardConfigError("allow_endpoints must be a list of LiteLLM call types, e.g. [embedding]")
             self.guard: Guard = guard if guard is not None else Guard(
                 build_guard_config(guard_config, guard_settings, fail_mode)
             )
@@ -173,7 +184,12 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             # starts WITHOUT the guardrail: unguarded traffic. Refuse to start instead.
             raise GuardrailStartupError(f"guardrail {self._name()!r} not started: {exc}") from exc
         self.on_response_block: OnResponseBlock = on_response_block
+        #: call types passed unchecked: no model text comes back (plus what the admin adds)
+        self.allow_endpoints = frozenset(NO_MODEL_TEXT) | frozenset(
+            n for e in allow_endpoints or () for n in (e, f"a{e}"))
+        self.reporter = Reporter(self)
         self.guard.hooks.append(self._log_decision)
+        self.guard.hooks.append(self.reporter.hook)
         if warmup:  # load the guard models at proxy start rather than on the first request
             try:
                 self.guard.warmup()
@@ -186,7 +202,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
     def _name(self) -> str:
         return self.guardrail_name or "guardrails-plugin"
 
-    def _log_decision(self, request: GuardRequest, decision: Decision) -> None:
+    def _log_decision(self, request: Any, decision: Decision) -> None:
         # Runs after every decision; only what an operator acts on is logged.
         if decision.degraded:
             log.warning("guardrails-plugin degraded: %s check passed without a verdict (fail-open, %s) "
@@ -199,18 +215,11 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         """True when this guardrail checks ``stage``."""
         return stage in self.stages and self.guard.config.stage(stage).enabled
 
-    async def _check_prompt(self, data: dict[str, Any]) -> Decision | None:
-        if not self.guards(Stage.PROMPT):
-            return None
-        content = prompt_messages(data)
-        if content is None:
-            return None
-        try:
-            return await self.guard.acheck_prompt(content, metadata={"guardrail": self._name()})
-        except GuardInputError as exc:
-            # Content no guard can read is a guard that cannot answer: the stage's fail mode
-            # (closed -> 400), never a silent pass of text nobody judged.
-            return self.guard.stream_checks().unreadable(Stage.PROMPT, str(exc), {"guardrail": self._name()})
+    def _meta(self, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+        meta = {"guardrail": self._name(), CHECK_KEY: key}
+        if isinstance(data.get("litellm_call_id"), str):
+            meta["litellm_call_id"] = data["litellm_call_id"]
+        return meta
 
     def query_text(self, data: Mapping[str, Any]) -> str:
         """The request's user text, as the query of reasoning/response checks. Unreadable content
@@ -220,56 +229,119 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         except GuardInputError:
             return ""
 
-    def _apply_prompt_decision(self, data: dict[str, Any], decision: Decision | None) -> None:
-        if decision is None:
+    async def _refuse(self, decision: Decision) -> Exception:
+        """The HTTP error for a refused request: 403 naming the escalation when held for review."""
+        esc = await escalation_id(self.guard, decision) if decision.action is Action.ESCALATE else None
+        return blocked_exception(decision, self._name(), esc)
+
+    async def _payload(self, decision: Decision) -> dict[str, Any]:
+        return await client_payload(self.guard, decision, self._name())
+
+    def _unreadable(self, stage: Stage, why: str, data: Mapping[str, Any], key: str) -> Decision:
+        return self.guard.stream_checks().unreadable(stage, why, self._meta(data, key))
+
+    # -- the prompt ---------------------------------------------------------------------------
+    async def _check_prompt(self, data: dict[str, Any], call_type: Any, event: GuardrailEventHooks) -> None:
+        if not self.guards(Stage.PROMPT):
             return
+        name = call_type_name(call_type)
+        kind = endpoint(name)
+        if kind is None and name in self.allow_endpoints:
+            return
+        with self.reporter.collect(data, event) as got:
+            decision: Decision | None
+            if kind is None:  # an endpoint we cannot read: unknown is unsafe
+                decision = self._unreadable(Stage.PROMPT, f"endpoint {name!r} is not one the guardrail reads",
+                                            data, got.key)
+                got.items.append(decision)
+            else:
+                try:
+                    prompt = await extract(data, kind, self.guard.config.prompt_roles)
+                except Exception as exc:  # the translation failed on this body
+                    log.warning("guardrails-plugin could not read a %s request: %r", kind, exc)
+                    prompt = Prompt(unreadable=[f"request not readable: {type(exc).__name__}"])
+                decision = await self._judge_prompt(prompt, data, got.key)
+                if decision is not None and decision.failure is not None and not got.items:
+                    got.items.append(decision)
+            if decision is not None:
+                await self._apply_prompt_decision(data, decision, prompt if kind is not None else None)
+
+    async def _judge_prompt(self, prompt: Prompt, data: Mapping[str, Any], key: str) -> Decision | None:
+        if prompt.unreadable:
+            d = self._unreadable(Stage.PROMPT, "; ".join(prompt.unreadable), data, key)
+            if d.blocked or prompt.messages is None:
+                return d
+        if prompt.messages is None:
+            return None
+        content: Any = prompt.messages
+        if prompt.single_user is not None:
+            content = prompt.single_user[1]  # judged as the plain string the user sent
+        rid = data.get("litellm_call_id") if isinstance(data.get("litellm_call_id"), str) else None
+        try:
+            return await self.guard.acheck_prompt(content, request_id=rid, metadata=self._meta(data, key))
+        except GuardInputError as exc:
+            # Content no guard can read is a guard that cannot answer: the stage's fail mode.
+            return self._unreadable(Stage.PROMPT, str(exc), data, key)
+
+    async def _apply_prompt_decision(self, data: dict[str, Any], decision: Decision, prompt: Prompt | None) -> None:
         if decision.blocked:
-            raise blocked_exception(decision, self._name())
+            raise await self._refuse(decision)
         if decision.action is Action.REDACT:
-            users = [m for m in data.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"]
-            if len(users) == 1 and isinstance(users[0].get("content"), str):
-                users[0]["content"] = decision.text
+            if prompt is not None and prompt.single_user is not None:
+                data["messages"][prompt.single_user[0]]["content"] = decision.text
             else:  # a redaction of joined messages cannot be mapped back: do not pass it on unredacted
-                raise blocked_exception(
-                    decision.model_copy(update={"action": Action.BLOCK, "reason": f"{decision.reason} (redaction not applicable)"}),
-                    self._name(),
-                )
+                raise blocked_exception(decision.model_copy(update={
+                    "action": Action.BLOCK, "reason": f"{decision.reason} (redaction not applicable)"}), self._name())
 
     # -- LiteLLM hooks ------------------------------------------------------------------------
     async def async_pre_call_hook(
         self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any
     ) -> dict | None:
-        self._apply_prompt_decision(data, await self._check_prompt(data))
+        await self._check_prompt(data, call_type, GuardrailEventHooks.pre_call)
         return data
 
     async def async_moderation_hook(self, data: dict, user_api_key_dict: Any, call_type: Any) -> Any:
         # during_call: LiteLLM runs this concurrently with the model call and holds the response.
-        self._apply_prompt_decision(data, await self._check_prompt(data))
+        await self._check_prompt(data, call_type, GuardrailEventHooks.during_call)
         return None
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
-        query, deps = self.query_text(data), self.guard.stream_checks()
-        for choice in getattr(response, "choices", None) or []:
-            message = getattr(choice, "message", None)
-            if message is None:
-                continue
-            v = await ajudge(deps, query, parts_of(message), reasoning=self.guards(Stage.REASONING),
-                             response=self.guards(Stage.RESPONSE), metadata={"guardrail": self._name()})
-            if v.stop is not None:
-                if self.on_response_block == "error":
-                    raise blocked_exception(v.stop, self._name())
-                message.content = v.stop.text
-                for attr in ("reasoning_content", "thinking_blocks", "tool_calls", "function_call"):
-                    if getattr(message, attr, None) is not None:
-                        setattr(message, attr, None)  # a refused turn must not run its tools
-                choice.finish_reason = "content_filter"
-                continue
-            if v.reasoning is not None:
-                field = "reasoning_content" if getattr(message, "reasoning_content", None) else "reasoning"
-                setattr(message, field, v.reasoning.text)
-            if v.answer is not None:
-                message.content = v.answer.text
+        reasoning, answer = self.guards(Stage.REASONING), self.guards(Stage.RESPONSE)
+        if not (reasoning or answer):
+            return response
+        kind = kind_of(response)
+        if kind == "none" or (kind is None and self._allowed_route(user_api_key_dict)):
+            return response
+        with self.reporter.collect(data, GuardrailEventHooks.post_call) as got:
+            if kind is None:
+                d = self._unreadable(Stage.RESPONSE, f"a response of type {type(response).__name__}", data, got.key)
+                got.items.append(d)
+                if d.blocked:
+                    raise await self._refuse(d)
+                return response
+            run = ajudge_for(self.guard.stream_checks(), self.query_text(data), reasoning=reasoning,
+                             response=answer, metadata=self._meta(data, got.key))
+            outcome = await judge(response, kind, run, self._refusal_text, self._payload)
+            if outcome.stop is not None:
+                if outcome.stop.failure is not None and outcome.stop not in got.items:
+                    got.items.append(outcome.stop)
+                if self.on_response_block == "error" or outcome.stop.action is Action.ESCALATE:
+                    raise await self._refuse(outcome.stop)
         return response
+
+    def _refusal_text(self, decision: Decision) -> str:
+        return decision.text if decision.blocked else self.guard.config.refusal_message
+
+    def _allowed_route(self, user_api_key_dict: Any) -> bool:
+        route = getattr(user_api_key_dict, "request_route", None)
+        if not route:
+            return False
+        try:
+            from litellm.litellm_core_utils.api_route_to_call_types import get_call_types_for_route
+
+            return any(call_type_name(c) in self.allow_endpoints for c in get_call_types_for_route(route) or ())
+        except Exception:
+            return False
 
     async def async_post_call_streaming_iterator_hook(
         self, user_api_key_dict: Any, response: Any, request_data: dict
@@ -279,7 +351,16 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             async for chunk in response:
                 yield chunk
             return
-        runner = TurnRunner.of(self.guard.stream_checks(), self.query_text(request_data), local=True,
-                               reasoning=reasoning, response=answer, metadata={"guardrail": self._name()})
-        async for chunk in guard_stream(runner, response, self._name(), request_data.get("model")):
-            yield chunk
+        with self.reporter.collect(request_data, GuardrailEventHooks.post_call) as got:
+            rid = request_data.get("litellm_call_id")
+            runner = TurnRunner.of(self.guard.stream_checks(), self.query_text(request_data), local=True,
+                                   reasoning=reasoning, response=answer, metadata=self._meta(request_data, got.key),
+                                   request_id=rid if isinstance(rid, str) else None)
+            async for chunk in guard_stream(runner, response, request_data.get("model"), self._payload):
+                yield chunk
+            if runner.stop is not None and runner.stop.failure is not None and runner.stop not in got.items:
+                got.items.append(runner.stop)
+
+
+__all__ = ["GuardrailStartupError", "GuardrailsPluginGuardrail", "blocked_exception", "build_guard_config",
+           "decision_payload"]
