@@ -5,19 +5,31 @@
 * ``GuardedRunnable`` / ``guard_runnable``: any Runnable with checks on input and output; its
   streams hold the answer back until checked.
 * ``GuardMiddleware``: prompt / reasoning / response / tool-result checks for
-  ``langchain.agents.create_agent``.
+  ``langchain.agents.create_agent``; holds unchecked answer text back in the v3 event stream
+  (``stream_events`` / ``astream_events(version="v3")``); under ``escalation_hold`` pauses the
+  run for a person (LangGraph ``interrupt()``, HumanInTheLoopMiddleware's shape).
+  ``create_guarded_agent`` builds such an agent and checks its checkpointer at build time.
+* ``resume_from_review`` / ``aresume_from_review`` / ``review_command``: resume a paused run with
+  the decision a reviewer took in the review queue.
 
 Needs the ``langchain`` extra: ``pip install 'guardrails-plugin[langchain]'``.
 """
 
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
-from .middleware import GuardMiddleware
+from .hitl import ACTION_NAME, ReviewDecisionError, aresume_from_review, resume_from_review, review_command
+from .middleware import GuardMiddleware, create_guarded_agent
 from .runnable import GuardedRunnable, guard_runnable
 
 __all__ = [
+    "ACTION_NAME",
     "AsyncGuardCallbackHandler",
     "GuardCallbackHandler",
     "GuardMiddleware",
     "GuardedRunnable",
+    "ReviewDecisionError",
+    "aresume_from_review",
+    "create_guarded_agent",
     "guard_runnable",
+    "resume_from_review",
+    "review_command",
 ]

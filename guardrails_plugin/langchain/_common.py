@@ -4,7 +4,7 @@ reading prompts and outputs, and writing refusals and redactions back in the sam
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.prompt_values import PromptValue
@@ -146,3 +146,24 @@ def text_chunk(text: str, like: Any, output_key: str | None = None, decision: De
 def is_guard_message(msg: Any) -> bool:
     """True for messages this library wrote (refusals, redactions): never re-checked."""
     return isinstance(msg, BaseMessage) and META_KEY in (msg.response_metadata or {})
+
+
+class GuardHost(Protocol):
+    """What the escalation flows (pause.py) and the v3 stream transformer need of the
+    GuardMiddleware that owns them (a protocol: they never import the middleware back)."""
+
+    guard: Any
+    check_reasoning: bool
+    check_response: bool
+    last_stream: Any
+
+    def _stages(self) -> dict[str, bool]: ...
+
+    def _remember_stream(self, turn: Any) -> None: ...
+
+    def _streamed_verdicts(self, msg_id: str | None, query: str, parts: list[Part]) -> tuple[Any, Any]: ...
+
+    def _after_prompt(self, messages: Sequence[BaseMessage], d: Decision) -> dict[str, Any] | None: ...
+
+    @staticmethod
+    def _end_with(decision: Decision, like: BaseMessage | None = None) -> dict[str, Any]: ...

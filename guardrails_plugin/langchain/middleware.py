@@ -12,13 +12,28 @@
   ``GuardCallbackHandler`` in the run's callbacks) becomes the refusal message instead of an
   exception, so a streaming agent stopped mid-thought ends cleanly.
 
+* ``transformers``: a v3 stream transformer (stream_transformer.py) that holds answer text back
+  in ``stream_events`` / ``astream_events(version="v3")`` until a check has covered it and cuts a
+  harmful reasoning stream; ``after_model`` reuses its verdicts instead of checking twice.
+* Escalations under ``escalation_hold`` pause the run with LangGraph ``interrupt()`` in the shape
+  of LangChain's ``HumanInTheLoopMiddleware`` (hitl.py, pause.py) and need a checkpointer.
+
 What it cannot do: ``after_model`` runs when the model has finished, so it cannot take back
-tokens already streamed to the caller (``stream_mode="messages"``). Stop those with
-``GuardCallbackHandler`` in the run's callbacks (which aborts the stream; see callbacks.py).
+tokens already streamed to the caller through the legacy ``stream_mode="messages"``. Stop those
+with ``GuardCallbackHandler`` in the run's callbacks (which aborts the stream; see callbacks.py),
+or read the v3 event stream, which the transformer guards.
+
+Why the checkpointer is checked at the first model call, not when ``create_agent`` builds the
+agent: create_agent hands its ``checkpointer`` to ``graph.compile`` only; a middleware is asked
+for its name, hooks, tools, state schema and stream transformers, none of which sees it. So
+``create_guarded_agent`` checks at build time, and ``before_model`` checks first thing (before any
+check or model call), which also accepts an agent run as a subgraph of a checkpointed graph.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -28,10 +43,17 @@ from langgraph.runtime import Runtime
 
 from ..errors import GuardrailViolation
 from ..guard import Guard
-from ..stream import Verdicts, ajudge, judge, parts_of
+from ..stream import Part, TurnGuard, Verdicts, ajudge, judge, parts_of
 from ..stream.drive import split
-from ..types import Action, Decision
+from ..types import Action, Decision, Stage
 from ._common import is_guard_message, marked, query_of, rebuild_message, refusal_message, turn_prompt
+from .hitl import find_escalation, held, require_checkpointer
+from .pause import Driver, check_checkpointer, prompt_flow, run_metadata, turn_flow
+from .stream_transformer import StreamedTurn, transformer_factory
+
+#: streamed turns whose verdicts after_model may still ask for (a run that never gets there
+#: must not grow the map without bound)
+_STREAMED_MAX = 256
 
 
 class GuardMiddleware(AgentMiddleware):
@@ -48,6 +70,8 @@ class GuardMiddleware(AgentMiddleware):
         tool_result_action: str = "replace",
         tool_result_notice: str = "[tool result withheld by the guard: {reason}]",
         catch_stream_violations: bool = True,
+        pause_on_escalation: bool = True,
+        stream_transformer: bool = True,
     ):
         super().__init__()
         if tool_result_action not in ("replace", "end"):
@@ -60,6 +84,48 @@ class GuardMiddleware(AgentMiddleware):
         self.tool_result_action = tool_result_action
         self.tool_result_notice = tool_result_notice
         self.catch_stream_violations = catch_stream_violations
+        #: under ``escalation_hold``, pause the run for a person instead of refusing (hitl.py)
+        self.pause_on_escalation = pause_on_escalation
+        #: v3 stream transformers (``AgentMiddleware.transformers``, read when the agent is built)
+        self.transformers = (transformer_factory(self),) if stream_transformer else ()
+        #: the TurnGuard of the most recent turn guarded in a v3 stream (stats: detection lag)
+        self.last_stream: TurnGuard | None = None
+        self._streamed: OrderedDict[str, StreamedTurn] = OrderedDict()
+        self._streamed_lock = threading.Lock()
+        self._driver = Driver(self)
+
+    @property
+    def pausing(self) -> bool:
+        """True when an escalation pauses the run (``escalation_hold`` and ``pause_on_escalation``)."""
+        return self.pause_on_escalation and self.guard.config.escalation_hold
+
+    def _stages(self) -> dict[str, bool]:
+        return {"reasoning": self.check_reasoning, "response": self.check_response}
+
+    # -- verdicts of streamed turns (stream_transformer.py) ---------------------------------------
+    def _remember_stream(self, turn: StreamedTurn) -> None:
+        with self._streamed_lock:
+            self._streamed[turn.message_id] = turn
+            while len(self._streamed) > _STREAMED_MAX:
+                self._streamed.popitem(last=False)
+
+    def _streamed_verdicts(
+        self, msg_id: str | None, query: str, parts: list[Part]
+    ) -> tuple[Verdicts | None, dict[Stage, list[int]]]:
+        """The verdicts a v3 stream already reached on this very message (same query, same
+        text), else None. A stream stopped by a held escalation of a prefix is judged again in
+        full (the person decides on the whole text); its own escalation is returned as related,
+        to be resolved with the whole message's; one whose checks saw all of the text is not."""
+        with self._streamed_lock:
+            turn = self._streamed.pop(msg_id, None) if msg_id else None
+        if turn is None or not turn.matches(query, parts, self._stages()):
+            return None, {}
+        if turn.stop is None:
+            return Verdicts(decisions=dict(turn.decisions)), {}
+        if not held(turn.stop) or not self.pausing or turn.complete:
+            return Verdicts(stop=turn.stop, decisions=dict(turn.decisions)), {}
+        esc = find_escalation(self.guard, turn.stop)
+        return None, ({turn.stop.stage: [esc]} if esc is not None else {})
 
     # -- what to check ------------------------------------------------------------------------
     def _before(self, messages: Sequence[BaseMessage]) -> tuple[list[Any] | None, list[ToolMessage]]:
@@ -119,27 +185,47 @@ class GuardMiddleware(AgentMiddleware):
     # -- hooks --------------------------------------------------------------------------------
     @hook_config(can_jump_to=["end"])
     def before_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        if self.pausing:
+            check_checkpointer()
         turn, tools = self._before(state["messages"])
-        if turn is not None and (out := self._after_prompt(state["messages"], self.guard.check_prompt(turn))):
+        if turn is not None and self.pausing:
+            if out := self._driver.run(prompt_flow(self, state["messages"], run_metadata())):
+                return out
+        elif turn is not None and (out := self._after_prompt(state["messages"], self.guard.check_prompt(turn))):
             return out
         return self._tool_update([(m, self.guard.check_prompt(m.content)) for m in tools])
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
+        if self.pausing:
+            check_checkpointer()
         turn, tools = self._before(state["messages"])
-        if turn is not None and (out := self._after_prompt(state["messages"], await self.guard.acheck_prompt(turn))):
+        if turn is not None and self.pausing:
+            if out := await self._driver.arun(prompt_flow(self, state["messages"], run_metadata())):
+                return out
+        elif turn is not None and (out := self._after_prompt(state["messages"], await self.guard.acheck_prompt(turn))):
             return out
         return self._tool_update([(m, await self.guard.acheck_prompt(m.content)) for m in tools])
 
     @hook_config(can_jump_to=["end"])
     def after_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         msg, kw = self._last_ai(state)
-        return None if msg is None else self._after(msg, judge(self.guard.stream_checks(), **kw))
+        if msg is None:
+            return None
+        if self.pausing:
+            return self._driver.run(turn_flow(self, msg, kw["query"], kw["parts"], run_metadata()))
+        v, _ = self._streamed_verdicts(msg.id, kw["query"], kw["parts"])
+        return self._after(msg, v or judge(self.guard.stream_checks(), **kw))
 
     @hook_config(can_jump_to=["end"])
     async def aafter_model(self, state: AgentState, runtime: Runtime) -> dict[str, Any] | None:
         msg, kw = self._last_ai(state)
-        return None if msg is None else self._after(msg, await ajudge(self.guard.stream_checks(), **kw))
+        if msg is None:
+            return None
+        if self.pausing:
+            return await self._driver.arun(turn_flow(self, msg, kw["query"], kw["parts"], run_metadata()))
+        v, _ = self._streamed_verdicts(msg.id, kw["query"], kw["parts"])  # memory only: no I/O
+        return self._after(msg, v or await ajudge(self.guard.stream_checks(), **kw))
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
@@ -160,3 +246,27 @@ class GuardMiddleware(AgentMiddleware):
             if not self.catch_stream_violations:
                 raise
             return refusal_message(exc.decision)
+
+
+def create_guarded_agent(
+    model: Any,
+    tools: Sequence[Any] | None = None,
+    *,
+    guard: Guard,
+    middleware: Sequence[AgentMiddleware] = (),
+    checkpointer: Any = None,
+    guard_options: dict[str, Any] | None = None,
+    **create_agent_kw: Any,
+) -> Any:
+    """``langchain.agents.create_agent`` with ``GuardMiddleware(guard, **guard_options)`` last in
+    ``middleware`` (so its ``before_model`` judges what the model will read after the others'
+    edits, and its ``after_model``, which runs first, judges the model's output before any other
+    middleware acts on it). Fails here, when the agent is built, if an escalation would pause the
+    run (``escalation_hold``) and there is no ``checkpointer``: a saver, or ``True`` for an agent
+    that runs as a subgraph of a checkpointed graph."""
+    from langchain.agents import create_agent
+
+    mw = GuardMiddleware(guard, **(guard_options or {}))
+    if mw.pausing:
+        require_checkpointer(checkpointer is not None and checkpointer is not False)
+    return create_agent(model, tools, middleware=[*middleware, mw], checkpointer=checkpointer, **create_agent_kw)

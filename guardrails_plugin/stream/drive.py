@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..content import normalize_text
@@ -201,11 +201,13 @@ def _feed(runner: TurnRunner, item: Any, parts_of: PartsOf) -> None:
 @dataclass
 class Verdicts:
     """What the checks of a whole turn say. ``stop``: refuse the turn (its tool calls dropped);
-    else ``reasoning`` / ``answer`` are the REDACT decisions to apply, if any."""
+    else ``reasoning`` / ``answer`` are the REDACT decisions to apply, if any. ``decisions``: every
+    stage's own Decision (an integration that asks a person about an escalation needs them all)."""
 
     stop: Decision | None = None
     reasoning: Decision | None = None
     answer: Decision | None = None
+    decisions: dict[Stage, Decision] = field(default_factory=dict)
 
 
 def split(parts: Iterable[Part], index: int | None = None) -> tuple[str, str, str, list[str]]:
@@ -234,13 +236,15 @@ async def ajudge(
     r_text, a_text, tools = (normalize_text(x, what="output").value for x in (r_text, a_text, tools))
     meta = dict(metadata or {})
     out = Verdicts()
+    results: dict[Stage, Decision] = {}
+    out.decisions = results
     checks: dict[Stage, Any] = {}
     if reasoning and r_text:
         checks[Stage.REASONING] = deps.check(GuardRequest(stage=Stage.REASONING, prompt=query, reasoning=r_text, metadata=meta))
     answer = "\n".join(x for x in (a_text, tools) if x)
     if response and answer:
         checks[Stage.RESPONSE] = deps.check(GuardRequest(stage=Stage.RESPONSE, prompt=query, response=answer, metadata=meta))
-    results = dict(zip(checks, await asyncio.gather(*checks.values()), strict=True))
+    results.update(zip(checks, await asyncio.gather(*checks.values()), strict=True))
     if reasoning and unknown:  # reasoning nobody can read: the fail mode decides, never "no reasoning"
         u, r = deps.unreadable(Stage.REASONING, "; ".join(unknown), meta), results.get(Stage.REASONING)
         if u.blocked and (r is None or not r.blocked):
