@@ -150,7 +150,11 @@ def test_a_record_racing_close_is_written_or_counted_never_lost(tmp_path: Path) 
                 t = threading.Thread(target=auditor.close, daemon=True)
                 closer.append(t)
                 t.start()
-                t.join(0.3)  # close() must wait for the lock the append runs under
+                # The fix: the append runs under the lock close() takes, so close() cannot finish
+                # now. Without it, let close() finish first (deterministically, no guessed sleep)
+                # and the record would land behind the writer's stop.
+                if not auditor._cond._is_owned():
+                    t.join(10)
             super().append(item)
 
     auditor._queue = RacingQueue()

@@ -124,3 +124,14 @@ def register(mutation: Callable[..., None]) -> None:
         new='return INSTUCT + "\\n" + "User:\\n" + prompt + "\\n\\nAI assistant:\\n" + response + "\\n\\n"',
         tests=["tests/test_langchain_runnable.py"],
     )
+
+    # A record racing close() is written or counted, never silently lost: the closed check and the
+    # append are one step under close()'s lock (the mutant appends outside it).
+    mutation(
+        id="audit-record-racing-close-lost",
+        prop="audit: nothing silently lost",
+        path="guardrails_plugin/observe/auditor.py",
+        old='        with self._cond:\n            # The closed check and the append are one step under the lock close() takes: a record\n            # is either queued ahead of the writer\'s stop (so written) or dropped and counted.\n            if self._closed:\n                why = "closed"\n            elif len(self._queue) >= self.queue_size:\n                why = "full"\n            else:\n                self._queue.append(record)\n                self._enqueued += 1\n                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:\n                    self._cond.notify()\n                return True\n            self.dropped += 1\n            n = self.dropped\n',
+        new='        with self._cond:\n            closed, full = self._closed, len(self._queue) >= self.queue_size\n        if closed or full:\n            why = "closed" if closed else "full"\n        else:\n            self._queue.append(record)\n            with self._cond:\n                self._enqueued += 1\n                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:\n                    self._cond.notify()\n            return True\n        with self._cond:\n            self.dropped += 1\n            n = self.dropped\n',
+        tests=["tests/test_audit_writer.py::test_a_record_racing_close_is_written_or_counted_never_lost"],
+    )
