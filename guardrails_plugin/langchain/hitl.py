@@ -45,6 +45,7 @@ from ..audit import (
 )
 from ..errors import GuardConfigError, GuardInputError
 from ..types import Action, Decision, Stage
+from ._schema import RESUME_SCHEMA
 
 log = logging.getLogger("guardrails_plugin")
 
@@ -129,9 +130,12 @@ class Check:
 
 @dataclass
 class Ask:
-    """``interrupt(value)``; the driver answers with the resume value."""
+    """``interrupt(value, response_schema=schema)``; the driver answers with the resume value.
+    LangGraph checks the answer against ``schema`` before it saves it, so a malformed answer
+    raises ``pydantic.ValidationError`` and the same question can be answered again."""
 
     value: dict[str, Any]
+    schema: Any = RESUME_SCHEMA
 
 
 @dataclass
@@ -165,12 +169,13 @@ def review(d: Decision, esc_id: int | None, text: str, query: str, related: list
     guard lets through. An edit the guard escalates again is asked about again; one it blocks
     ends the run with the refusal."""
     ids = [i for i in [esc_id, *(related or [])] if i is not None]
+    edited = False  # an edit escalated again: what is approved next is the edit
     while True:
         answer = parse_review((yield Ask(escalation_request(d, escalation_id=esc_id, text=text))))
         meta = {"escalation_id": esc_id, "kind": answer.kind, "resolver": answer.resolver}
         if answer.kind == "approve":
             yield Resolve(ids, True, answer.resolver, answer.message)
-            return Outcome(text=text, decision=d, review=meta)
+            return Outcome(text=text, decision=d, edited=edited, review=meta)
         if answer.kind == "reject":
             yield Resolve(ids, False, answer.resolver, answer.message)
             return Outcome(refusal=d, message=answer.message, review=meta)
@@ -186,7 +191,7 @@ def review(d: Decision, esc_id: int | None, text: str, query: str, related: list
         yield Resolve(ids, False, answer.resolver, f"{note} (not released)")
         if not held(d2):
             return Outcome(refusal=d2, review={**meta, "recheck": str(d2.action)})
-        d, esc_id, text, ids = d2, id2, edit, [i for i in [id2] if i is not None]
+        d, esc_id, text, ids, edited = d2, id2, edit, [i for i in [id2] if i is not None], True
 
 
 # -- the review queue -------------------------------------------------------------------------------

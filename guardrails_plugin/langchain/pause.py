@@ -200,7 +200,7 @@ class Driver:
 
     def _do(self, op: Any) -> Any:
         if isinstance(op, Ask):
-            return interrupt(op.value)
+            return interrupt(op.value, response_schema=op.schema)
         if isinstance(op, Resolve):
             return task(name="guardrails_review")(lambda: record_review(self.guard, op))().result()
         if isinstance(op, Check):
@@ -230,7 +230,7 @@ class Driver:
 
     async def _ado(self, op: Any) -> Any:
         if isinstance(op, Ask):
-            return interrupt(op.value)
+            return interrupt(op.value, response_schema=op.schema)
         if isinstance(op, Resolve):
             async def _resolve() -> None:
                 await asyncio.to_thread(record_review, self.guard, op)
