@@ -276,7 +276,7 @@ class GuardStreamTransformer(StreamTransformer):
             text = _tool_text(live, index, "block-delta", content.get("args"), content.get("name"))  # type: ignore[union-attr]
             if text:
                 live.feed(index, "tool", PartKind.TOOL_CALL, text)
-            return False  # the call is shown whole at its finish, if the turn passes
+            return _withhold(payload)  # the call is shown whole at its finish, if the turn passes
         for fname, kind in (("text", PartKind.ANSWER), ("reasoning", PartKind.REASONING)):
             if isinstance(content, dict) and isinstance(content.get(fname), str) and content[fname]:
                 live.feed(index if isinstance(index, int) else -1, fname, kind, content[fname])
@@ -303,19 +303,19 @@ class GuardStreamTransformer(StreamTransformer):
             text = _tool_text(live, index, dtype, args, name)
             if text:
                 live.feed(index, "tool", PartKind.TOOL_CALL, text)
-            return False
+            return _withhold(payload)
         if dtype in ("block-delta", "legacy-block-delta"):
             return True  # other blocks (server tools, vendor blocks): no text of the model's own
         # a delta type this guard cannot read: the reasoning stage's fail mode decides
         live.runner.feed((index, "unknown", ""), [Part(PartKind.UNKNOWN, f"v3 delta of type {dtype!r}")])
-        return False
+        return _withhold(payload)
 
     def _block_finish(self, live: _Live, payload: dict[str, Any]) -> bool:
         content, index = payload.get("content"), payload.get("index")
         ctype = content.get("type") if isinstance(content, dict) else None
         stop = live.turn.stop
         if ctype in _TOOL_BLOCKS:
-            return stop is None
+            return True if stop is None else _withhold(payload)
         if ctype in ("text", "reasoning") and isinstance(content, dict):
             shown = live.emitted.get(index, "") if isinstance(index, int) else ""
             if isinstance(index, int):
@@ -373,6 +373,18 @@ class GuardStreamTransformer(StreamTransformer):
             items = [self._scrub(v) for v in value]
             return type(value)(items) if any(a is not b for a, b in zip(items, value, strict=True)) else value
         return value
+
+
+def _withhold(payload: dict[str, Any]) -> bool:
+    """Empty ``payload`` in place and drop it from the main log. Every transformer still sees a
+    dropped event (LangGraph's mux only keeps it out of the log), so what the built-ins project
+    into ``run.messages`` must not carry it either: it becomes an empty text delta, which they
+    ignore."""
+    index = payload.get("index")
+    payload.clear()
+    payload.update({"event": "content-block-delta", "index": index if isinstance(index, int) else 0,
+                    "delta": {"type": "text-delta", "text": ""}})
+    return False
 
 
 def _ai_messages(value: Any) -> list[AIMessage]:
