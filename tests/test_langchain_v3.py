@@ -173,8 +173,9 @@ async def test_a_message_that_was_not_streamed_is_judged_before_it_shows(mode):
     assert len(engine.prompts) - calls <= 3  # judged once: after_model reused the verdict
 
 
+@pytest.mark.parametrize("decision", ["approve", "reject"])
 @pytest.mark.parametrize("mode", MODES)
-async def test_a_held_escalation_is_withheld_until_a_person_approves(mode):
+async def test_a_held_escalation_is_withheld_until_a_person_approves(mode, decision):
     from guardrails_plugin import Guard, GuardConfig
 
     config = GuardConfig(escalation_hold=True, escalate_threshold=0.2, block_threshold=0.6,
@@ -192,8 +193,13 @@ async def test_a_held_escalation_is_withheld_until_a_person_approves(mode):
     (it,) = state.interrupts
     assert it.value["action_requests"][0]["args"]["text"] == "a grey answer"
     checks = len(engine.prompts)
-    resume = Command(resume={"decisions": [{"type": "approve"}]})
-    final = await agent.ainvoke(resume, cfg) if mode == "async" else agent.invoke(resume, cfg)
-    assert extract_deltas(final["messages"][-1])[1] == "a grey answer"
+    # the resumed run, read through the v3 stream too: its first state snapshot still holds the
+    # message back (the person's answer is not in yet); after it, approved text or the refusal
+    resumed = await _raw(agent, mode, Command(resume={"decisions": [{"type": decision}]}), cfg)
+    shown = [e for e in resumed if "a grey answer" in e]
+    assert shown == [] if decision == "reject" else shown and "a grey answer" not in resumed[0]
+    final = agent.get_state(cfg).values
+    assert extract_deltas(final["messages"][-1])[1] == ("a grey answer" if decision == "approve"
+                                                        else guard.config.refusal_message)
     assert len(engine.prompts) == checks  # the stream's verdict was reused, nothing judged twice
     guard.close()

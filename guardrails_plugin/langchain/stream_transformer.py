@@ -36,7 +36,7 @@ from langgraph.stream import StreamTransformer
 from ..stream import Part, PartKind, TurnGuard, TurnRunner, Verdicts, ajudge, judge, parts_of
 from ..stream.drive import split
 from ..types import Decision, Stage
-from ._common import GuardHost, is_guard_message, query_of, rebuild_message, refusal_message
+from ._common import META_KEY, GuardHost, is_guard_message, query_of, rebuild_message, refusal_message
 
 MODEL_NODE = "model"  # create_agent's model node
 _STATE_METHODS = ("values", "updates", "tasks", "checkpoints", "debug")
@@ -161,6 +161,9 @@ class GuardStreamTransformer(StreamTransformer):
         self._seen: set[str] = set()  # message ids judged in this run
         self._query = ""
         self._async = False
+        self._first_values = True
+        self._resumed: str | None = None  # id of a model message held over from a paused run
+        self._resumed_task: str | None = None
 
     def init(self) -> dict[str, Any]:
         return {}
@@ -213,6 +216,11 @@ class GuardStreamTransformer(StreamTransformer):
         if params.get("namespace") != self._scope:
             return True
         method, data = event.get("method"), params.get("data")
+        if method == "values" and self._first_values:
+            self._first_values = False
+            self._hold_resumed(data)
+        if method == "tasks" and self._resumed is not None and isinstance(data, dict):
+            self._release_resumed(data)
         if method == "messages" and isinstance(data, tuple) and len(data) == 2:
             return (yield from self._message_event(params, *data))
         if method == "tasks" and isinstance(data, dict) and data.get("name") == MODEL_NODE:
@@ -344,6 +352,29 @@ class GuardStreamTransformer(StreamTransformer):
         if live is not None:
             live.runner.finish()
 
+    # -- a run resumed after a pause in after_model ----------------------------------------------------
+    def _hold_resumed(self, data: Any) -> None:
+        """A run whose state starts with a model message nothing marked as judged resumes a turn
+        that ``after_model`` paused on (a new turn starts with the user's message): that message
+        is the held content, shown as an empty placeholder until ``after_model`` has decided."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if isinstance(last, AIMessage) and last.id and not is_guard_message(last) and last.id not in self._seen:
+            self._resumed = last.id
+            self._replaced[last.id] = AIMessage("", id=last.id, response_metadata={META_KEY: {"held": True}})
+
+    def _release_resumed(self, data: dict[str, Any]) -> None:
+        """Release the placeholder once ``after_model`` is done with the message, or at once when
+        the run resumes some other node (the pause was not ours: the message was judged)."""
+        if self._resumed_task is None and "result" not in data:
+            if data.get("name") == f"{self.mw.name}.after_model":
+                self._resumed_task = data.get("id")
+                return
+        elif "result" not in data or data.get("id") != self._resumed_task:
+            return
+        self._replaced.pop(self._resumed or "", None)
+        self._resumed = None
+
     # -- whole messages and state snapshots ------------------------------------------------------------
     def _judge_whole(self, msg: AIMessage) -> Generator[Any, Any, None]:
         if not msg.id or msg.id in self._seen or is_guard_message(msg):
@@ -364,8 +395,8 @@ class GuardStreamTransformer(StreamTransformer):
 
     def _scrub(self, value: Any) -> Any:
         """``value`` with every replaced message swapped in (new containers; state is not touched)."""
-        if isinstance(value, BaseMessage):
-            return self._replaced.get(value.id, value) if value.id else value
+        if isinstance(value, BaseMessage):  # what after_model wrote (marked) is shown as it is
+            return self._replaced.get(value.id, value) if value.id and not is_guard_message(value) else value
         if isinstance(value, dict):
             out = {k: self._scrub(v) for k, v in value.items()}
             return out if any(out[k] is not value[k] for k in value) else value
