@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("litellm")
 
-from fastapi import HTTPException  # noqa: E402
+from litellm.proxy._types import ProxyException as HTTPException  # noqa: E402  (blocked_exception raises it)
 from litellm.types.utils import ModelResponse  # noqa: E402
 from litellm_support.scripted_guardrail import scripted_verdict  # noqa: E402
 

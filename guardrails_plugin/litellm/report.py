@@ -21,8 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import HTTPException
-
 from ..types import Action, Decision, GuardRequest, Stage
 
 log = logging.getLogger("guardrails_plugin.litellm")
@@ -53,14 +51,26 @@ def escalation_body(payload: dict[str, Any], escalation: int | None) -> dict[str
                      + (f" (escalation {escalation})" if escalation is not None else "")}
 
 
-def blocked_exception(decision: Decision, guardrail_name: str | None = None, escalation: int | None = None) -> HTTPException:
-    """HTTP 400 whose ``detail`` carries the decision; a held escalation is HTTP 403 naming its
-    queue id. The proxy turns ``detail`` into the error body."""
+def blocked_exception(decision: Decision, guardrail_name: str | None = None, escalation: int | None = None) -> Exception:
+    """HTTP 400 carrying the decision; a held escalation is HTTP 403 naming its queue id.
+
+    A LiteLLM ``ProxyException``: every route (chat, /v1/completions, /v1/responses, /v1/messages)
+    passes it through as JSON with the decision under ``error.provider_specific_fields`` (an
+    HTTPException's detail reaches /v1/completions clients only as a string). ``status_code`` and
+    ``detail`` are there for callers that expect an HTTPException's."""
+    from litellm.proxy._types import ProxyException
+
     payload = decision_payload(decision, guardrail_name)
     if decision.action is Action.ESCALATE:
-        return HTTPException(status_code=403, detail=escalation_body(payload, escalation))
-    payload["error"] = f"{decision.stage.value} blocked by guardrails-plugin: {payload['reason']}"
-    return HTTPException(status_code=400, detail=payload)
+        payload, status, kind, code = escalation_body(payload, escalation), 403, "permission_error", "escalated_for_review"
+    else:
+        payload["error"] = f"{decision.stage.value} blocked by guardrails-plugin: {payload['reason']}"
+        status, kind, code = 400, "invalid_request_error", "guardrail_blocked"
+    exc = ProxyException(message=payload["error"], type=kind, param=None, code=status, openai_code=code,
+                         provider_specific_fields=payload)
+    exc.status_code = status  # type: ignore[attr-defined]
+    exc.detail = payload  # type: ignore[attr-defined]
+    return exc
 
 
 def _find_escalation(auditor: Any, decision: Decision) -> int | None:

@@ -87,11 +87,12 @@ def start_upstream(workdir: Path) -> Process:
     return Process(proc, log, base, time.monotonic() - t0)
 
 
-def write_config(workdir: Path, model_list: list[dict[str, Any]], guardrails: list[dict[str, Any]]) -> Path:
+def write_config(workdir: Path, model_list: list[dict[str, Any]], guardrails: list[dict[str, Any]],
+                 litellm_settings: dict[str, Any] | None = None) -> Path:
     cfg = {
         "model_list": model_list,
         "guardrails": guardrails,
-        "litellm_settings": {"telemetry": False, "drop_params": True},
+        "litellm_settings": {"telemetry": False, "drop_params": True, **(litellm_settings or {})},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
     path = workdir / "config.yaml"

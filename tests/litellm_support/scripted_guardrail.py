@@ -2,7 +2,10 @@
 on a ScriptedEngine.
 
 ScriptedEngine is a test double, not a guard: it judges nothing. Its responder answers in each guard
-model's real output format and calls the judged text harmful iff it contains "bomb". The subclass
+model's real output format and calls the judged text harmful iff it contains "bomb"; a guard prompt
+containing "[guard-down]" (the request's query does) raises, which the Guard treats as an engine
+failure: the guard is down for that request and the fail mode decides ("[guard-down-late]": down
+for the reasoning and answer checks only, after the prompt check passed). The subclass
 deliberately does not define the streaming hook, so the tests also prove that a subclass keeps
 guarding streams.
 """
@@ -16,10 +19,14 @@ from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.litellm import GuardrailsPluginGuardrail, build_guard_config
 
 MARKER = "bomb"
+GUARD_DOWN = "[guard-down]"
+GUARD_DOWN_LATE = "[guard-down-late]"  # the prompt check works, reasoning and answer checks fail
 
 
 def scripted_verdict(rendered: str) -> str:
     """A guard completion for the rendered guard prompt (ReasoningShield or GuardReasoner format)."""
+    if GUARD_DOWN in rendered or (GUARD_DOWN_LATE in rendered and "\n\nAI assistant:\nNone\n\n" not in rendered):
+        raise ConnectionError("scripted guard engine is down for this request")
     if "<|user|>\nQuery: " in rendered and "\nThought: " in rendered:  # ReasoningShield
         thought = rendered.rsplit("\nThought: ", 1)[1].rsplit("\n<|assistant|>", 1)[0]
         return f'"Analysis": scripted test double.\n"Judgment": {1 if MARKER in thought else 0}'
