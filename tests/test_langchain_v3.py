@@ -193,6 +193,7 @@ async def test_a_held_escalation_is_withheld_until_a_person_approves(mode, decis
     (it,) = state.interrupts
     assert it.value["action_requests"][0]["args"]["text"] == "a grey answer"
     checks = len(engine.prompts)
+    assert checks == 3  # prompt, reasoning, answer: after_model asked about the stream's own verdict
     # the resumed run, read through the v3 stream too: its first state snapshot still holds the
     # message back (the person's answer is not in yet); after it, approved text or the refusal
     resumed = await _raw(agent, mode, Command(resume={"decisions": [{"type": decision}]}), cfg)
