@@ -153,10 +153,12 @@ class GuardHost(Protocol):
     GuardMiddleware that owns them (a protocol: they never import the middleware back)."""
 
     guard: Any
-    name: str
     check_reasoning: bool
     check_response: bool
     last_stream: Any
+
+    @property
+    def name(self) -> str: ...
 
     def _stages(self) -> dict[str, bool]: ...
 

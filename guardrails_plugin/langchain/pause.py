@@ -107,9 +107,9 @@ def turn_flow(mw: GuardHost, msg: AIMessage, query: str, parts: list[Part], meta
     v = tv.verdicts
     reasoning, text, tools, _ = split(parts)
     hard = v.stop if v.stop is not None and not held(v.stop) else None
-    for d in v.decisions.values():
-        if hard is None and d.blocked and not held(d):
-            hard = d
+    for each in v.decisions.values():
+        if hard is None and each.blocked and not held(each):
+            hard = each
     answer = v.decisions.get(Stage.RESPONSE)
     if hard is None and answer is not None and answer.action is Action.REDACT and tools:
         hard = answer.model_copy(update={"action": Action.BLOCK, "text": mw.guard.config.refusal_message})
@@ -181,6 +181,11 @@ def _load_turn(o: dict[str, Any]) -> TurnVerdicts:
                         {Stage(s): i for s, i in o["related"].items()})
 
 
+def _task(name: str, fn: Any) -> Any:
+    """``fn`` as a LangGraph task (its result checkpointed, replayed when the node runs again)."""
+    return task(name=name)(fn)
+
+
 class Driver:
     """Runs a flow's operations for one middleware. Checks and reviews run as LangGraph tasks
     (replayed from the checkpoint when the node runs again on resume)."""
@@ -202,11 +207,11 @@ class Driver:
         if isinstance(op, Ask):
             return interrupt(op.value, response_schema=op.schema)
         if isinstance(op, Resolve):
-            return task(name="guardrails_review")(lambda: record_review(self.guard, op))().result()
+            return _task("guardrails_review", lambda: record_review(self.guard, op))().result()
         if isinstance(op, Check):
-            out = task(name="guardrails_check")(lambda: self._check(op))().result()
+            out = _task("guardrails_check", lambda: self._check(op))().result()
             return _load(out["decision"]), out["escalation_id"]
-        return _load_turn(task(name="guardrails_judge")(lambda: self._judge(op))().result())
+        return _load_turn(_task("guardrails_judge", lambda: self._judge(op))().result())
 
     def _check(self, op: Check) -> dict[str, Any]:
         d = self.guard.check(self._request(op))
@@ -235,13 +240,13 @@ class Driver:
             async def _resolve() -> None:
                 await asyncio.to_thread(record_review, self.guard, op)
 
-            return await task(name="guardrails_review")(_resolve)()
+            return await _task("guardrails_review", _resolve)()
         if isinstance(op, Check):
             async def _check() -> dict[str, Any]:
                 d = await self.guard.acheck(self._request(op))
                 return {"decision": _dump(d), "escalation_id": await asyncio.to_thread(find_escalation, self.guard, d)}
 
-            out = await task(name="guardrails_check")(_check)()
+            out = await _task("guardrails_check", _check)()
             return _load(out["decision"]), out["escalation_id"]
 
         async def _judge() -> dict[str, Any]:
@@ -255,7 +260,7 @@ class Driver:
                     ids[s] = i
             return _dump_turn(v, ids, related)
 
-        return _load_turn(await task(name="guardrails_judge")(_judge)())
+        return _load_turn(await _task("guardrails_judge", _judge)())
 
     def _request(self, op: Check) -> Any:
         field_ = {Stage.PROMPT: "prompt", Stage.REASONING: "reasoning", Stage.RESPONSE: "response"}[op.stage]

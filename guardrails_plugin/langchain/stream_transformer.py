@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langgraph.stream import StreamTransformer
+from langgraph.stream import ProtocolEvent, StreamTransformer
 
 from ..stream import Part, PartKind, TurnGuard, TurnRunner, Verdicts, ajudge, judge, parts_of
 from ..stream.drive import split
@@ -172,8 +172,8 @@ class GuardStreamTransformer(StreamTransformer):
         self._async = bool(getattr(mux, "is_async", False))
 
     # -- the two lanes: the same steps, waits done blocking or awaited ---------------------------
-    def process(self, event: dict[str, Any]) -> bool:
-        steps = self._steps(event)
+    def process(self, event: ProtocolEvent) -> bool:
+        steps = self._steps(cast("dict[str, Any]", event))
         try:
             op = next(steps)
             while True:
@@ -185,8 +185,8 @@ class GuardStreamTransformer(StreamTransformer):
         except StopIteration as stop:
             return bool(stop.value)
 
-    async def aprocess(self, event: dict[str, Any]) -> bool:
-        steps = self._steps(event)
+    async def aprocess(self, event: ProtocolEvent) -> bool:
+        steps = self._steps(cast("dict[str, Any]", event))
         try:
             op = next(steps)
             while True:
@@ -294,21 +294,24 @@ class GuardStreamTransformer(StreamTransformer):
     def _delta(self, live: _Live, payload: dict[str, Any]) -> bool:
         delta, index = payload.get("delta"), payload.get("index")
         index = index if isinstance(index, int) else -1
-        dtype = delta.get("type") if isinstance(delta, dict) else None
+        if not isinstance(delta, dict):
+            return True  # nothing to read
+        dtype = delta.get("type")
         if dtype in _TEXT_FIELD:
             fname, kind = _TEXT_FIELD[dtype]
             text = delta.get(fname)
             if isinstance(text, str) and text:
                 live.feed(index, fname, kind, text)
-            delta[fname] = live.pending.pop(index, "")  # type: ignore[index]
-            return bool(delta[fname])  # type: ignore[index]
+            delta[fname] = live.pending.pop(index, "")
+            return bool(delta[fname])
         if dtype == "data-delta":
             return True  # binary payloads: not text a guard reads
-        if dtype == "tool-call-delta" or (dtype in ("block-delta", "legacy-block-delta") and _tool_fields(delta)):
+        fields = _tool_fields(delta)
+        if dtype == "tool-call-delta" or (dtype in ("block-delta", "legacy-block-delta") and fields):
             live.kinds[index] = "tool"
-            args = delta.get("args") if dtype == "tool-call-delta" else _tool_fields(delta).get("args")  # type: ignore[union-attr]
-            name = None if dtype == "tool-call-delta" else _tool_fields(delta).get("name")  # type: ignore[union-attr]
-            text = _tool_text(live, index, dtype, args, name)
+            args = delta.get("args") if fields is None else fields.get("args")
+            name = None if fields is None else fields.get("name")
+            text = _tool_text(live, index, str(dtype), args, name)
             if text:
                 live.feed(index, "tool", PartKind.TOOL_CALL, text)
             return _withhold(payload)
