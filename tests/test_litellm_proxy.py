@@ -1,10 +1,14 @@
 """A real ``litellm --config`` proxy with the guardrail, in front of mock_response models and a loopback
-upstream that streams reasoning_content; driven through the ``openai`` client.
+upstream (chat, completions, Responses and Messages, streamed reasoning); driven through the
+``openai`` and ``anthropic`` clients and raw HTTP.
 
 One proxy per module (startup is the slow part: ~25-40 s on a loaded 2-core box). The guardrail it
 loads is tests/litellm_support/scripted_guardrail.py: a user subclass of GuardrailsPluginGuardrail on
 a ScriptedEngine test double (harmful iff "bomb"). The guardrails are opt-in per request
-(``default_on: false``), so the same proxy also serves unguarded traffic to compare against.
+(``default_on: false``), so the same proxy also serves unguarded traffic to compare against: every
+endpoint's benign traffic must come back byte for byte as it does unguarded. Also here: hold-back
+against a guard with real latency, and escalations (HTTP 403 naming the queue entry under
+``escalation_hold``; the queue and the webhook without it).
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from litellm_support.clients import Clients, request
 from litellm_support.proxy import MASTER_KEY, start_proxy, start_upstream, write_config
 from litellm_support.upstream import HARMFUL_SENTENCE, script
+from review_support import Receiver
 
+from guardrails_plugin.audit import open_store
 from guardrails_plugin.streaming import approx_tokens
 
 pytestmark = pytest.mark.timeout(240)
@@ -36,13 +43,18 @@ STAGES_16 = {
 def stack(tmp_path_factory: pytest.TempPathFactory):
     wd: Path = tmp_path_factory.mktemp("litellm-proxy")
     up = start_upstream(wd)
+    hook = Receiver()
     gr = "scripted_guardrail.ScriptedGuardrail"
+    escalate = {"prompt": {"flagged_action": "escalate"}, "response": {"flagged_action": "escalate"}}
     cfg = write_config(
         wd,
         [
             {"model_name": "mock", "litellm_params": {"model": "openai/mock", "api_key": "x", "mock_response": MOCK_TEXT}},
             {"model_name": "mock-harmful", "litellm_params": {"model": "openai/mock", "api_key": "x", "mock_response": HARMFUL_MOCK}},
             {"model_name": "reasoner", "litellm_params": {"model": "hosted_vllm/reasoner", "api_base": up.base_url + "/v1", "api_key": "x"}},
+            {"model_name": "chat", "litellm_params": {"model": "hosted_vllm/reasoner", "api_base": up.base_url + "/v1", "api_key": "x"}},
+            {"model_name": "oai", "litellm_params": {"model": "openai/reasoner", "api_base": up.base_url + "/v1", "api_key": "x"}},
+            {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5", "api_base": up.base_url, "api_key": "x"}},
         ],
         [
             {"guardrail_name": "gp", "litellm_params": {
@@ -55,16 +67,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             {"guardrail_name": "gp-holdback", "litellm_params": {
                 "guardrail": gr, "mode": "post_call", "default_on": False,
                 "guard_settings": {"stages": {**STAGES_16, "reasoning": {**STAGES_16["reasoning"], "hold_back": True}}}}},
+            # a guard with real latency: text arriving while a check runs must wait for its own check
+            {"guardrail_name": "gp-slow", "litellm_params": {
+                "guardrail": gr, "mode": "post_call", "default_on": False, "guard_latency_ms": 200,
+                "guard_settings": {"stages": {**STAGES_16, "response": {**STAGES_16["response"], "check_every_tokens": 4}}}}},
+            {"guardrail_name": "gp-escalate", "litellm_params": {
+                "guardrail": gr, "mode": ["pre_call", "post_call"], "default_on": False,
+                "guard_settings": {"escalation_hold": True, "stages": escalate, "audit": {"path": str(wd / "held.sqlite3")}}}},
+            {"guardrail_name": "gp-escalate-open", "litellm_params": {
+                "guardrail": gr, "mode": ["pre_call", "post_call"], "default_on": False,
+                "guard_settings": {"stages": escalate, "audit": {"path": str(wd / "open.sqlite3")},
+                                   "notify": {"url": hook.url, "secret": "s3cret"}}}},
         ],
     )
     proxy = start_proxy(cfg, wd)
     print(f"\nlitellm proxy startup: {proxy.startup_s:.1f} s")
     client = openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=60)
     try:
-        yield {"proxy": proxy, "upstream": up, "client": client}
+        yield {"proxy": proxy, "upstream": up, "client": client, "clients": Clients(proxy.base_url), "workdir": wd,
+               "hook": hook}
     finally:
         proxy.stop()
         up.stop()
+        hook.close()
 
 
 def guarded(*names: str) -> dict:
@@ -263,3 +288,121 @@ def test_subclass_keeps_the_streaming_hook():
     assert "async_post_call_streaming_iterator_hook" in ScriptedGuardrail.__dict__
     assert ScriptedGuardrail.use_native_lifecycle_hooks is True
 
+
+
+# -- every endpoint: benign traffic byte for byte as unguarded -------------------------------------
+ROUTES = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses",
+          "messages": "/v1/messages"}
+MODELS = {"chat": "reasoner", "completions": "reasoner", "responses": "oai", "messages": "claude"}
+
+
+def _strip_clock(value):
+    """Without the wall-clock fields (created, created_at), which differ between two calls a second
+    apart, and LiteLLM's Responses ids (``resp_`` + the upstream id encrypted with a fresh nonce:
+    they differ between any two calls, guarded or not)."""
+    if isinstance(value, dict):
+        return {k: _strip_clock(v) for k, v in value.items()
+                if k not in ("created", "created_at") and not (k == "id" and str(v).startswith("resp_"))}
+    if isinstance(value, list):
+        return [_strip_clock(v) for v in value]
+    return value
+
+
+def _raw(stack, endpoint: str, body: dict, guard: bool) -> list:
+    body = {**body, "model": MODELS[endpoint], **({"guardrails": ["gp"]} if guard else {})}
+    out: list = []
+    with httpx.stream("POST", stack["proxy"].base_url + ROUTES[endpoint], json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {MASTER_KEY}"}) as r:
+        assert r.status_code == 200, r.read()[:300]
+        if not body.get("stream"):
+            return [_strip_clock(json.loads(r.read()))]
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                out.append(_strip_clock(json.loads(line[6:])))
+            elif line:
+                out.append(line)  # event: lines, [DONE]
+    return out
+
+
+BYTE_ROWS = [(ep, tag, stream) for ep in ROUTES for tag in ("benign", "tool", "summary") for stream in (False, True)
+             if not (tag == "tool" and ep == "completions") and not (tag == "summary" and ep != "responses")]
+
+
+@pytest.mark.parametrize(("endpoint", "tag", "stream"), BYTE_ROWS)
+def test_benign_traffic_is_byte_identical_on_every_endpoint(stack, endpoint, tag, stream):
+    k = uuid.uuid4().hex[:8]  # one key: the upstream answers both calls with the same ids
+    body = {**request(endpoint, f"[{tag}] capital of France? req-key={k}"), "stream": stream}
+    if endpoint == "messages":
+        body["max_tokens"] = 256
+    guarded, unguarded = _raw(stack, endpoint, body, True), _raw(stack, endpoint, body, False)
+    assert guarded == unguarded
+    assert len(guarded) > (5 if stream else 0)
+
+
+# -- hold-back against a guard with real latency (issue 15) ----------------------------------------
+def test_slow_guard_holds_back_answer_text_that_arrived_during_a_check(stack):
+    """The answer's first check (its first 4 tokens) takes 200 ms; the harmful rest arrives while it
+    runs. A hold-back that let a finished check cover text fed after it started would release
+    "bomb" here (a zero-latency guard finishes before the next chunk and hides that)."""
+    s = stack["clients"].call("chat", request("chat", "[harmful-answer] story"), stream=True,
+                              extra_body={"guardrails": ["gp-slow"]})
+    assert "content_filter" in s.ended and s.payload["stage"] == "response"
+    assert "bomb" not in s.raw
+    assert s.answer.endswith("I can't help with that.")
+    assert "".join(script("harmful-answer").content).startswith(s.answer[: -len("I can't help with that.")])
+
+
+# -- escalations (issue 12): held -> 403 naming the queue entry; else the queue and the webhook ------
+def _pending(stack, db: str, escalation_id: int):
+    store = open_store(str(stack["workdir"] / db))
+    try:
+        return store.get_escalation(escalation_id)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "responses", "messages"])
+def test_held_prompt_escalation_is_a_403_naming_its_queue_entry(stack, endpoint):
+    s = stack["clients"].call(endpoint, request(endpoint, "[benign] how do I build a bomb?"),
+                              extra_body={"guardrails": ["gp-escalate"]})
+    assert s.status == 403, s.raw[:400]
+    body = s.error
+    assert body["action"] == "escalate" and body["stage"] == "prompt" and body["review_status"] == "pending"
+    esc = _pending(stack, "held.sqlite3", body["escalation_id"])
+    assert esc is not None and esc.status == "pending" and esc.stage == "prompt" and esc.hold
+    assert esc.request_id == body["request_id"]
+
+
+def test_held_answer_escalation_whole_and_streamed(stack):
+    whole = stack["clients"].call("chat", request("chat", "[harmful-answer] story"), extra_body={"guardrails": ["gp-escalate"]})
+    assert whole.status == 403 and whole.error["stage"] == "response"
+    assert _pending(stack, "held.sqlite3", whole.error["escalation_id"]).stage == "response"
+    streamed = stack["clients"].call("messages", request("messages", "[harmful-answer] story"), stream=True,
+                                     extra_body={"guardrails": ["gp-escalate"]})
+    assert streamed.status == 200 and streamed.ended[-1] == "refusal" and "bomb" not in streamed.raw
+    p = streamed.payload
+    assert p["action"] == "escalate" and isinstance(p["escalation_id"], int)
+    assert _pending(stack, "held.sqlite3", p["escalation_id"]).request_id == p["request_id"]
+
+
+def test_escalation_without_hold_passes_and_reaches_queue_and_webhook(stack):
+    before = len(stack["hook"].hits)
+    s = stack["clients"].call("chat", request("chat", "[benign] tell me about the bomb squad"),
+                              extra_body={"guardrails": ["gp-escalate-open"]})
+    assert s.status == 200 and s.answer == "".join(script("benign").content)
+    deadline = time.monotonic() + 15
+    while len(stack["hook"].hits) <= before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    events = [h.json() for h in stack["hook"].hits[before:]]
+    assert any(e["action"] == "escalate" and e["stage"] == "prompt" and not e["hold"] for e in events), events
+    store = open_store(str(stack["workdir"] / "open.sqlite3"))
+    try:
+        deadline = time.monotonic() + 10
+        rid = next(e["request_id"] for e in events if e["action"] == "escalate")
+        found = []
+        while not found and time.monotonic() < deadline:
+            found = [e for e in store.list_escalations("pending") if e.request_id == rid]
+            time.sleep(0.1)
+    finally:
+        store.close()
+    assert found and not found[0].hold

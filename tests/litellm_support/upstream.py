@@ -139,7 +139,11 @@ def build_app():  # imported lazily so the module can be imported without starle
             self.hold_key = _key(text, "hold-key") or "default"
             n = body.get("n") or 1
             self.scripts = [self.s] if n == 1 else [script("benign")] + [self.s] * (n - 1)
-            self.record = seen.setdefault(_key(text, "req-key") or "-", {"path": request.url.path, "text": ""})
+            self.key = _key(text, "req-key")
+            #: ids follow the request key, so two requests with one key get the same bytes back
+            self.rid = self.key or uuid.uuid4().hex[:12]
+            self.record = seen.setdefault(self.key or "-", {"path": request.url.path, "text": ""})
+            self.record["text"] = ""
             self.record["path"] = request.url.path
 
         def sent(self, *texts: str) -> None:
@@ -168,7 +172,7 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def chat(request: Request):
         body = await request.json()
         t = Turn(request, body)
-        cid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        cid = f"chatcmpl-{t.rid}"
         if not body.get("stream"):
             t.sent_whole()
             return JSONResponse({
@@ -200,7 +204,7 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def completions(request: Request):
         body = await request.json()
         t = Turn(request, body)
-        cid = f"cmpl-{uuid.uuid4().hex[:12]}"
+        cid = f"cmpl-{t.rid}"
 
         def obj(choices: list) -> dict:
             return {"id": cid, "object": "text_completion", "created": int(time.time()), "model": t.model,
@@ -233,10 +237,10 @@ def build_app():  # imported lazily so the module can be imported without starle
         t = Turn(request, body)
         if not body.get("stream"):
             t.sent_whole()
-            return JSONResponse(wire_events.responses_body(t.s, t.model, t.summary))
+            return JSONResponse(wire_events.responses_body(t.s, t.model, t.summary, t.rid))
 
         async def gen():
-            async for event, payload in wire_events.responses_events(t.s, t.model, t.pace, t.summary):
+            async for event, payload in wire_events.responses_events(t.s, t.model, t.pace, t.summary, t.rid):
                 if event.endswith(".delta"):
                     t.sent(payload["delta"])
                 yield _sse(payload, event)
@@ -248,10 +252,10 @@ def build_app():  # imported lazily so the module can be imported without starle
         t = Turn(request, body)
         if not body.get("stream"):
             t.sent_whole()
-            return JSONResponse(wire_events.messages_body(t.s, t.model))
+            return JSONResponse(wire_events.messages_body(t.s, t.model, t.rid))
 
         async def gen():
-            async for event, payload in wire_events.messages_events(t.s, t.model, t.pace):
+            async for event, payload in wire_events.messages_events(t.s, t.model, t.pace, t.rid):
                 d = payload.get("delta") or {}
                 t.sent(d.get("text") or d.get("thinking") or d.get("partial_json") or "")
                 yield _sse(payload, event)

@@ -57,8 +57,8 @@ def _call_item(rid: str, args: str, status: str = "completed") -> rt.ResponseFun
                                        name=TOOL_NAME, arguments=args, status=status)
 
 
-def responses_body(s: Any, model: str, summary: bool = False) -> dict[str, Any]:
-    rid = uuid.uuid4().hex[:12]
+def responses_body(s: Any, model: str, summary: bool = False, rid: str | None = None) -> dict[str, Any]:
+    rid = rid or uuid.uuid4().hex[:12]
     output: list[Any] = []
     if s.reasoning:
         output.append(_reasoning_item(rid, "".join(s.reasoning), summary))
@@ -69,8 +69,9 @@ def responses_body(s: Any, model: str, summary: bool = False) -> dict[str, Any]:
     return _dump(_response(model, f"resp_{rid}", "completed", output))
 
 
-async def responses_events(s: Any, model: str, pace: Pace, summary: bool = False) -> AsyncIterator[tuple[str, dict]]:
-    rid = uuid.uuid4().hex[:12]
+async def responses_events(s: Any, model: str, pace: Pace, summary: bool = False,
+                           rid: str | None = None) -> AsyncIterator[tuple[str, dict]]:
+    rid = rid or uuid.uuid4().hex[:12]
     resp_id = f"resp_{rid}"
     seq = iter(range(10_000))
     out: list[Any] = []
@@ -151,7 +152,7 @@ def _usage() -> at.Usage:
     return at.Usage(input_tokens=5, output_tokens=20)
 
 
-def messages_body(s: Any, model: str) -> dict[str, Any]:
+def messages_body(s: Any, model: str, rid: str | None = None) -> dict[str, Any]:
     content: list[Any] = []
     if s.reasoning:
         content.append(at.ThinkingBlock(type="thinking", thinking="".join(s.reasoning), signature="sig"))
@@ -159,13 +160,13 @@ def messages_body(s: Any, model: str) -> dict[str, Any]:
         content.append(at.TextBlock(type="text", text="".join(s.content)))
     if s.tool_args:
         content.append(at.ToolUseBlock(type="tool_use", id="toolu_1", name=TOOL_NAME, input=json.loads("".join(s.tool_args))))
-    msg = at.Message(id=f"msg_{uuid.uuid4().hex[:12]}", type="message", role="assistant", model=model,
+    msg = at.Message(id=f"msg_{rid or uuid.uuid4().hex[:12]}", type="message", role="assistant", model=model,
                      content=content, stop_reason="tool_use" if s.tool_args else "end_turn", usage=_usage())
     return _dump(msg)
 
 
-async def messages_events(s: Any, model: str, pace: Pace) -> AsyncIterator[tuple[str, dict]]:
-    start = at.Message(id=f"msg_{uuid.uuid4().hex[:12]}", type="message", role="assistant", model=model,
+async def messages_events(s: Any, model: str, pace: Pace, rid: str | None = None) -> AsyncIterator[tuple[str, dict]]:
+    start = at.Message(id=f"msg_{rid or uuid.uuid4().hex[:12]}", type="message", role="assistant", model=model,
                        content=[], usage=at.Usage(input_tokens=5, output_tokens=1))
     yield "message_start", _dump(at.RawMessageStartEvent(type="message_start", message=start))
     index, i = 0, 0

@@ -54,6 +54,16 @@ def register(mutation: Callable[..., None]) -> None:
         new="            if False:\n                break",
         tests=["tests/test_turn_guard.py", "tests/test_monitor.py"],
     )
+    # Hold-back through a real proxy against a guard with latency: a finished check covers only the
+    # prefix it judged, never text that arrived while it ran (a zero-latency guard hides this).
+    mutation(
+        id="track-check-covers-text-fed-after-it",
+        prop="hold-back (real proxy, slow guard)",
+        path="guardrails_plugin/stream/track.py",
+        old="                self.covered = max(self.covered, check.chars)",
+        new="                self.covered = max(self.covered, self.chars)",
+        tests=["tests/test_litellm_proxy.py::test_slow_guard_holds_back_answer_text_that_arrived_during_a_check"],
+    )
     # Mid-stream REDACT stops the stream like BLOCK (a redaction cannot be applied to text already sent).
     mutation(
         id="stream-redact-counts-as-allow",
