@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from langchain.agents import create_agent
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.tools import tool
 from langchain_support import ScriptedReasoningChatModel, Turn
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -37,6 +38,7 @@ from guardrails_plugin.langchain import (
     aresume_from_review,
     create_guarded_agent,
     resume_from_review,
+    resume_reviewed,
 )
 from guardrails_plugin.langchain._common import META_KEY
 from guardrails_plugin.review.queue import ReviewQueue
@@ -208,6 +210,53 @@ def test_an_edit_escalated_again_is_asked_about_again(tmp_path, guard):
     store = guard.auditor.store
     assert store.get_escalation(first["escalation_id"]).status == "rejected"  # not released as written
     assert store.get_escalation(second["escalation_id"]).status == "approved"
+
+
+@pytest.mark.parametrize("kind", ["approve", "reject", "edit"])
+def test_tool_calls_of_an_escalated_answer_run_only_when_approved(guard, kind):
+    sent = []
+
+    @tool
+    def send_mail(body: str) -> str:
+        """Send an e-mail."""
+        sent.append(body)
+        return "sent"
+
+    turns = [Turn("", "Sending.", [{"name": "send_mail", "args": {"body": "a grey offer"}, "id": "c1"}]),
+             Turn("", "Done.")]
+    model = ScriptedReasoningChatModel(turns=turns)
+    agent = create_agent(model, tools=[send_mail], middleware=[GuardMiddleware(guard)], checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "t1"}}
+    args = _request_of(agent.invoke({"messages": [HumanMessage("hi")]}, config))["action_requests"][0]["args"]
+    assert "send_mail" in args["text"] and "a grey offer" in args["text"]  # the person sees the call
+    assert sent == []
+    decision = _decision(kind, "response") if kind != "edit" else {
+        "type": "edit", "edited_action": {"name": ACTION_NAME, "args": {"text": "I will not send that."}}}
+    state = agent.invoke(Command(resume={"decisions": [decision]}), config)
+    assert sent == (["a grey offer"] if kind == "approve" else [])
+    assert any(isinstance(m, ToolMessage) for m in state["messages"]) is (kind == "approve")
+    if kind == "edit":  # the reviewer wrote the answer: no tool call left in it
+        assert state["messages"][-1].tool_calls == [] and extract_deltas(state["messages"][-1])[1] == "I will not send that."
+
+
+def test_a_worker_resumes_every_reviewed_run(tmp_path, guard):
+    model = ScriptedReasoningChatModel(turns=[Turn("Let me think.", "a grey answer")])
+    agent = _agent(model, guard, InMemorySaver())
+    ids = {}
+    for thread in ("a", "b", "c"):
+        paused = agent.invoke({"messages": [HumanMessage("hi")]}, {"configurable": {"thread_id": thread}})
+        ids[thread] = _request_of(paused)["action_requests"][0]["args"]["escalation_id"]
+    store = open_store(str(tmp_path / "audit.db"))
+    queue = ReviewQueue(store)
+    queue.approve(ids["a"], "bob")
+    queue.reject(ids["b"], "bob", note="No.")  # c stays pending: its run stays paused
+    done = resume_reviewed(agent, store)
+    assert set(done) == {ids["a"], ids["b"]}
+    assert extract_deltas(done[ids["a"]]["messages"][-1])[1] == "a grey answer"
+    assert done[ids["b"]]["messages"][-1].content == "No."
+    assert agent.get_state({"configurable": {"thread_id": "c"}}).interrupts
+    assert resume_reviewed(agent, store) == {}  # nothing twice
+    store.close()
 
 
 def test_a_turn_with_a_block_anywhere_is_refused_without_asking(guard):

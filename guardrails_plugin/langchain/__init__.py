@@ -9,14 +9,21 @@
   (``stream_events`` / ``astream_events(version="v3")``); under ``escalation_hold`` pauses the
   run for a person (LangGraph ``interrupt()``, HumanInTheLoopMiddleware's shape).
   ``create_guarded_agent`` builds such an agent and checks its checkpointer at build time.
-* ``resume_from_review`` / ``aresume_from_review`` / ``review_command``: resume a paused run with
-  the decision a reviewer took in the review queue.
+* ``resume_from_review`` / ``aresume_from_review`` / ``review_command`` / ``resume_reviewed``:
+  resume paused runs with the decisions reviewers took in the review queue.
 
 Needs the ``langchain`` extra: ``pip install 'guardrails-plugin[langchain]'``.
 """
 
 from .callbacks import AsyncGuardCallbackHandler, GuardCallbackHandler
-from .hitl import ACTION_NAME, ReviewDecisionError, aresume_from_review, resume_from_review, review_command
+from .hitl import (
+    ACTION_NAME,
+    ReviewDecisionError,
+    aresume_from_review,
+    resume_from_review,
+    resume_reviewed,
+    review_command,
+)
 from .middleware import GuardMiddleware, create_guarded_agent
 from .runnable import GuardedRunnable, guard_runnable
 
@@ -31,5 +38,6 @@ __all__ = [
     "create_guarded_agent",
     "guard_runnable",
     "resume_from_review",
+    "resume_reviewed",
     "review_command",
 ]

@@ -24,7 +24,8 @@ twice.
 The review queue: every escalation is in the audit store (when the Guard audits); ``args``
 carry its id, and the check's metadata carries the run's ``thread_id`` (``metadata.langgraph``),
 so a reviewer's decision taken in the queue (review page, CLI) can resume the run:
-``resume_from_review(agent, store, escalation_id)``. A decision given straight to the agent is
+``resume_from_review(agent, store, escalation_id)``, or ``resume_reviewed(agent, store)`` for
+every reviewed one (a worker's poll). A decision given straight to the agent is
 appended to the queue too (``resolve``), in the review page's format.
 """
 
@@ -325,6 +326,26 @@ async def aresume_from_review(agent: Any, store: AuditStore, escalation_id: int,
     interrupts = (await agent.aget_state(config)).interrupts
     command = await asyncio.to_thread(_command, store, escalation_id, interrupts, edited_text)
     return await agent.ainvoke(command, config, **invoke_kw)
+
+
+def resume_reviewed(agent: Any, store: AuditStore, **invoke_kw: Any) -> dict[int, Any]:
+    """Resume every run of ``agent`` that is paused on an escalation a reviewer has decided in the
+    queue (a worker that owns the agent calls this on a timer). Returns ``{escalation id:
+    result}``; a run that cannot be resumed is logged and skipped."""
+    done: dict[int, Any] = {}
+    for esc in [*store.list_escalations("approved"), *store.list_escalations("rejected")]:
+        if not ((esc.metadata or {}).get(RUN_META) or {}).get("thread_id"):
+            continue
+        config = run_config(esc)
+        try:
+            _pending_interrupt(agent.get_state(config).interrupts, esc.id)
+        except ReviewDecisionError:
+            continue  # resumed already, or paused on something else
+        try:
+            done[esc.id] = resume_from_review(agent, store, esc.id, config, **invoke_kw)
+        except Exception:
+            log.exception("guardrails-plugin could not resume the run of escalation %s", esc.id)
+    return done
 
 
 def require_checkpointer(has_checkpointer: bool) -> None:
