@@ -11,8 +11,9 @@ a copy of the request with a collector standing in for the guardrail; the roles 
 Unknown is unsafe, twice over:
 
 * **Coverage.** Every text in the request's model-input fields must come out of the translation.
-  One it drops (an input item of a type it does not know, an Anthropic text document, a
-  completion ``suffix``) makes the request unreadable: the prompt stage's fail mode decides.
+  One it drops (an input item of a type it does not know, an Anthropic text document) makes the
+  request unreadable: the prompt stage's fail mode decides. (A completion's ``suffix``, which the
+  translation skips, is judged with the prompt.)
 * **Reading.** Every field of a judged message must be one we read (text, reasoning, tool calls,
   a name) or media we note as not guarded (images, audio, files). Anything else is unreadable.
 
@@ -99,6 +100,9 @@ async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str]) -> P
     structured = [m for i in inputs for m in (i.get("structured_messages") or ())]
     if not structured:  # prompts without roles (text completions) are the user's
         structured = [{"role": "user", "content": t} for i in inputs for t in i.get("texts") or ()]
+    if kind == "completions" and isinstance(data.get("suffix"), str):  # the translation skips it
+        structured.append({"role": "user", "content": data["suffix"]})
+        inputs = [*inputs, {"texts": [data["suffix"]]}]
     out = Prompt(unreadable=_uncovered(data, fields, inputs))
     wanted = set(roles)
     judged: list[dict[str, Any]] = []
