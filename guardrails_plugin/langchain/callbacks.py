@@ -1,7 +1,8 @@
 """GuardCallbackHandler: guards a chat model's stream from LangChain callbacks.
 
 Attach it with ``config={"callbacks": [handler]}`` (first, before handlers that forward chunks).
-It checks the user turn when the chat model starts, feeds every streamed chunk to a turn guard
+It checks the user turn when a chat model starts (a plain completion LLM: its whole prompt, at
+``on_llm_start``), feeds every streamed chunk to a turn guard
 (``guardrails_plugin.stream``), raises ``GuardrailViolation`` to stop the stream as soon as a
 check blocks, and runs the end-of-turn checks when the model ends.
 
@@ -106,6 +107,13 @@ class _GuardCallbackBase:
             self._runs[run_id] = state
         return state
 
+    def _start_prompts(self, run_id: UUID, prompts: list[str]) -> RunState:
+        """A plain (completion) LLM: its prompt text is all the caller's, judged whole."""
+        state = RunState(query=normalize_text("\n".join(p for p in prompts if isinstance(p, str)), what="prompt").value)
+        with self._lock:
+            self._runs[run_id] = state
+        return state
+
     def _stop(self, state: RunState, decision: Decision | None) -> None:
         if decision is not None and (decision.blocked or (self.raise_on_redact and decision.action is Action.REDACT)):
             state.violation = state.violation or GuardrailViolation(decision)
@@ -156,7 +164,7 @@ class _GuardCallbackBase:
 
 
 class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
-    """Sync handler: prompt check at chat-model start, streaming checks, final checks at the end.
+    """Sync handler: prompt check at model start, streaming checks, final checks at the end.
 
     Raises GuardrailViolation (propagated by LangChain: ``raise_error=True``) on BLOCK. Cannot
     hold tokens back; see the module docstring."""
@@ -165,6 +173,11 @@ class GuardCallbackHandler(_GuardCallbackBase, BaseCallbackHandler):
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
         state = self._start(run_id, messages)
+        if self.check_prompt and state.query.strip():
+            self._stop(state, self.guard.check_prompt(state.query))
+
+    def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+        state = self._start_prompts(run_id, prompts)
         if self.check_prompt and state.query.strip():
             self._stop(state, self.guard.check_prompt(state.query))
 
@@ -198,6 +211,11 @@ class AsyncGuardCallbackHandler(_GuardCallbackBase, AsyncCallbackHandler):
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], *, run_id: UUID, **kwargs: Any
     ) -> None:
         state = self._start(run_id, messages)
+        if self.check_prompt and state.query.strip():
+            self._stop(state, await self.guard.acheck_prompt(state.query))
+
+    async def on_llm_start(self, serialized: dict[str, Any], prompts: list[str], *, run_id: UUID, **kwargs: Any) -> None:
+        state = self._start_prompts(run_id, prompts)
         if self.check_prompt and state.query.strip():
             self._stop(state, await self.guard.acheck_prompt(state.query))
 
