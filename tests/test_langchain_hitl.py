@@ -160,14 +160,12 @@ def test_sync_escalation_pauses_and_resumes(tmp_path, guard, stage, kind, saver)
         paused = agent.invoke({"messages": [HumanMessage(user)]}, config)
         esc_id = _check_request(_request_of(paused), stage, store)
         assert model.calls == (0 if stage == "prompt" else 1)
-        calls_before = len(guard.auditor.store.records())
         state = agent.invoke(Command(resume={"decisions": [_decision(kind, stage)]}), config)
         assert "__interrupt__" not in state
         guard.auditor.flush()
         _check_outcome(kind, stage, state, model, guard, store, esc_id)
         # the escalated check ran once: on resume it came back from the checkpoint
         assert len(_escalations(store, stage)) == 1
-        assert len(guard.auditor.store.records()) >= calls_before
     finally:
         store.close()
         if conn:
