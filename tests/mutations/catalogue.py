@@ -145,3 +145,23 @@ def register(mutation: Callable[..., None]) -> None:
         new='        with self._cond:\n            closed, full = self._closed, len(self._queue) >= self.queue_size\n        if closed or full:\n            why = "closed" if closed else "full"\n        else:\n            self._queue.append(record)\n            with self._cond:\n                self._enqueued += 1\n                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:\n                    self._cond.notify()\n            return True\n        with self._cond:\n            self.dropped += 1\n            n = self.dropped\n',
         tests=["tests/test_audit_writer.py::test_a_record_racing_close_is_written_or_counted_never_lost"],
     )
+
+    # ---- human in the loop and agent streams (LangChain) -----------------------------------------------
+    # A reviewer's edit is checked again before release: a harmful edit must not pass.
+    mutation(
+        id="hitl-edit-released-unchecked",
+        prop="escalation: edits re-checked",
+        path="guardrails_plugin/langchain/hitl.py",
+        old="        if d2.action in (Action.ALLOW, Action.REDACT) or (d2.action is Action.ESCALATE and not d2.hold):",
+        new="        if True or (d2.action is Action.ESCALATE and not d2.hold):",
+        tests=["tests/test_langchain_hitl.py", "-k", "harmful_edit"],
+    )
+    # v3 agent stream: answer text waits for its check (the mutant releases it at once).
+    mutation(
+        id="v3-stream-releases-unchecked-answer",
+        prop="hold-back (agent v3 stream)",
+        path="guardrails_plugin/langchain/stream_transformer.py",
+        old='            delta[fname] = live.pending.pop(index, "")',
+        new='            delta[fname] = text if isinstance(text, str) else ""',
+        tests=["tests/test_langchain_v3.py"],
+    )
