@@ -79,6 +79,28 @@ def test_content_off_keeps_only_the_hash(tmp_path: Path) -> None:
         store.close()
 
 
+def test_an_answer_escalation_carries_its_question_without_a_stored_prompt_check(tmp_path: Path) -> None:
+    """The reviewer (and the export) get the question an answer was judged against from the
+    answer's own record: no prompt-stage record of the request is needed. Never with content off."""
+    for store_content in (True, False):
+        db = tmp_path / f"q-{store_content}.db"
+        guard = make_guard(audit={"path": str(db), "durability": "strict", "store_content": store_content})
+        try:
+            d = guard.check_response(prompt="the lone question", response=f"{GREY_WORD} answer")
+            assert d.action is Action.ESCALATE
+        finally:
+            guard.close()
+        store = open_store(str(db))
+        try:
+            queue = ReviewQueue(store)
+            (esc,) = queue.find()
+            view = queue.view(esc.id)
+            assert view.query == ("the lone question" if store_content else None)
+            assert ("query" in view.metadata) is store_content
+        finally:
+            store.close()
+
+
 @pytest.mark.parametrize("sink", [None, "jsonl"])
 def test_filters_and_context(tmp_path: Path, sink: str | None) -> None:
     db = tmp_path / ("audit.jsonl" if sink else "audit.db")

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ..errors import GuardError
-from ..types import Action, Decision, GuardRequest
+from ..types import Action, Decision, GuardRequest, Stage
 
 Durability = Literal["background", "strict"]
 EscalationStatus = Literal["pending", "approved", "rejected"]
@@ -124,6 +124,11 @@ class AuditRecord:
         drop = set() if store_content else set(CONTENT_VERDICT_FIELDS)
         verdicts = [v.model_dump(mode="json", exclude=drop) for v in decision.verdicts]
         guards = list(dict.fromkeys(v.guard for v in decision.verdicts))
+        metadata = jsonable(dict(request.metadata))
+        if store_content and request.stage is not Stage.PROMPT and request.prompt:
+            # the question an answer or trace was judged against: a reviewer needs it, and a
+            # labelled export needs it as the row's prompt, even when no prompt check was stored
+            metadata["query"] = request.prompt
         per_guard: dict[str, float] = {}
         for v in decision.verdicts:  # windows of one guard share a call: keep the slowest
             per_guard[v.guard] = max(per_guard.get(v.guard, 0.0), v.latency_ms)
@@ -145,7 +150,7 @@ class AuditRecord:
             content_sha256=content_sha256(text),
             content=text if store_content else None,
             unguarded=list(decision.unguarded),
-            metadata=jsonable(dict(request.metadata)),
+            metadata=metadata,
             detail=decision.detail,
             notes=list(decision.notes),
         )

@@ -158,6 +158,8 @@ class ReviewQueue:
         verdicts = list(getattr(esc, "verdicts", None) or (record.verdicts if record else []))
         metadata = dict(getattr(esc, "metadata", None) or (record.metadata if record else {}))
         query = next((r.content for r in related if r.stage == Stage.PROMPT.value and r.content), None)
+        if query is None and isinstance(metadata.get("query"), str):
+            query = metadata["query"]  # stored with the record itself (content storage on)
         return EscalationView(esc, record, verdicts, metadata, related, rechecks, query)
 
     # -- deciding --------------------------------------------------------------------------------
