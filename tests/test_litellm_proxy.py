@@ -406,3 +406,38 @@ def test_escalation_without_hold_passes_and_reaches_queue_and_webhook(stack):
     finally:
         store.close()
     assert found and not found[0].hold
+
+
+def test_an_approved_prompt_escalation_lets_the_identical_request_through(stack):
+    """What a client does with the escalation id: once a reviewer approved it, resend the same
+    request naming it. Only that exact prompt passes; another prompt, or a rejected escalation, not."""
+    ask = "[benign] what does a bomb squad do all day?"
+    first = stack["clients"].call("chat", request("chat", ask), extra_body={"guardrails": ["gp-escalate"]})
+    assert first.status == 403
+    eid = first.error["escalation_id"]
+    header = {"x-guardrails-escalation-id": str(eid)}
+    pending = stack["clients"].call("chat", request("chat", ask), extra_body={"guardrails": ["gp-escalate"]},
+                                    extra_headers=header)
+    assert pending.status == 403  # not approved yet
+    store = open_store(str(stack["workdir"] / "held.sqlite3"))
+    try:
+        store.resolve(eid, True, resolver="alice", note="fine: a job question")
+    finally:
+        store.close()
+    again = stack["clients"].call("chat", request("chat", ask), extra_body={"guardrails": ["gp-escalate"]},
+                                  extra_headers=header)
+    assert again.status == 200 and again.answer == "".join(script("benign").content)
+    other = stack["clients"].call("chat", request("chat", "[benign] and how to build a bomb?"),
+                                  extra_body={"guardrails": ["gp-escalate"]}, extra_headers=header)
+    assert other.status == 403 and other.error["escalation_id"] != eid  # the approval covers one prompt
+    rejected = stack["clients"].call("chat", request("chat", "[benign] bomb disposal careers?"),
+                                     extra_body={"guardrails": ["gp-escalate"]})
+    store = open_store(str(stack["workdir"] / "held.sqlite3"))
+    try:
+        store.resolve(rejected.error["escalation_id"], False, resolver="bob")
+    finally:
+        store.close()
+    retry = stack["clients"].call("chat", request("chat", "[benign] bomb disposal careers?"),
+                                  extra_body={"guardrails": ["gp-escalate"]},
+                                  extra_headers={"x-guardrails-escalation-id": str(rejected.error["escalation_id"])})
+    assert retry.status == 403

@@ -21,7 +21,8 @@ carry no model text back and pass; any other endpoint is unreadable and goes to 
 
 Hooks: ``pre_call`` / ``during_call`` check every client-supplied role in ``prompt_roles`` (BLOCK
 -> HTTP 400 with the decision in the JSON body; an escalation held for review -> HTTP 403 naming
-its escalation id); ``post_call`` checks the answer, its reasoning and tool calls, and for streams
+its escalation id; once a reviewer approved it, the identical request resent with header
+``x-guardrails-escalation-id: <id>`` passes the prompt check); ``post_call`` checks the answer, its reasoning and tool calls, and for streams
 runs the turn guard over them. Every hook's decisions go to LiteLLM's standard guardrail logging.
 
 What the client sends cannot switch the guardrail off: whether it runs is LiteLLM's
@@ -35,6 +36,7 @@ The parameter names avoid LiteLLM's own ``litellm_params`` fields (``mode``, ``c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -44,6 +46,7 @@ from typing import Any, ClassVar, Literal
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
+from ..audit import content_sha256
 from ..config import GuardConfig
 from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError
@@ -58,6 +61,8 @@ from .stream import guard_stream
 log = logging.getLogger("guardrails_plugin.litellm")
 
 OnResponseBlock = Literal["refuse", "error"]
+#: the header a client resends a held request with, once a reviewer approved its escalation
+ESCALATION_HEADER = "x-guardrails-escalation-id"
 _ALL_STAGES = (Stage.PROMPT, Stage.REASONING, Stage.RESPONSE)
 #: hooks the proxy only finds when they sit in the guardrail class's own __dict__
 _OWN_DICT_HOOKS = ("async_post_call_streaming_iterator_hook",)
@@ -261,7 +266,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                     log.warning("guardrails-plugin could not read a %s request: %r", kind, exc)
                     prompt = Prompt(unreadable=[f"request not readable: {type(exc).__name__}"])
                 decision = await self._judge_prompt(prompt, data, got.key)
-                if decision is not None and decision.failure is not None and not got.items:
+                if decision is not None and decision not in got.items:  # decided without a guard check
                     got.items.append(decision)
             if decision is not None:
                 await self._apply_prompt_decision(data, decision, prompt if kind is not None else None)
@@ -277,11 +282,35 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         if prompt.single_user is not None:
             content = prompt.single_user[1]  # judged as the plain string the user sent
         rid = data.get("litellm_call_id") if isinstance(data.get("litellm_call_id"), str) else None
+        approved = await self._approved(data, content)
+        if approved is not None:
+            return Decision(action=Action.ALLOW, stage=Stage.PROMPT, text="", request_id=rid or "",
+                            reason=f"escalation {approved.id} approved by {approved.resolver or 'a reviewer'}")
         try:
             return await self.guard.acheck_prompt(content, request_id=rid, metadata=self._meta(data, key))
         except GuardInputError as exc:
             # Content no guard can read is a guard that cannot answer: the stage's fail mode.
             return self._unreadable(Stage.PROMPT, str(exc), data, key)
+
+    async def _approved(self, data: Mapping[str, Any], content: Any) -> Any:
+        """The approved escalation a resent request names in ``ESCALATION_HEADER``, when it was
+        raised at the prompt stage for exactly this prompt (same SHA-256 of the judged text) and a
+        reviewer approved it as is (an edit approves other text); else None. One store lookup, and
+        only for requests that carry the header."""
+        headers = (data.get("proxy_server_request") or {}).get("headers") or {}
+        raw = next((v for k, v in headers.items() if str(k).lower() == ESCALATION_HEADER), None)
+        auditor = getattr(self.guard, "auditor", None)
+        if raw is None or auditor is None:
+            return None
+        try:
+            esc = await asyncio.to_thread(auditor.store.get_escalation, int(str(raw).strip()))
+            target = self.guard.request(Stage.PROMPT, prompt=content).target
+        except Exception:  # a bad id or an unreadable store: judge the request as usual
+            return None
+        edited = (esc.note or "").startswith("[edit sha256:") if esc is not None else True  # review/queue.py's tag
+        if esc is None or esc.status != "approved" or edited or esc.stage != Stage.PROMPT.value:
+            return None
+        return esc if esc.content_sha256 == content_sha256(target) else None
 
     async def _apply_prompt_decision(self, data: dict[str, Any], decision: Decision, prompt: Prompt | None) -> None:
         if decision.blocked:
