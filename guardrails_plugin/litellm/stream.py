@@ -39,6 +39,9 @@ from ..types import Decision, Stage
 log = logging.getLogger("guardrails_plugin.litellm")
 
 Payload = Callable[[Decision], Awaitable[dict[str, Any]]]
+#: Responses events whose content a well-formed ending depends on (ids, open items, the end)
+_TRACKED = frozenset({"response.created", "response.in_progress", "response.output_item.added",
+                      "response.output_item.done", "response.completed", "response.incomplete", "response.failed"})
 
 
 async def guard_stream(runner: TurnRunner, response: Any, model: Any, payload: Payload) -> AsyncIterator[Any]:
@@ -168,7 +171,10 @@ class Wire:
             for e in sse_events(item):
                 self._sent_event(e or {})
         elif self.kind == "responses":
-            self._sent_event(item if isinstance(item, dict) else item.model_dump(mode="json"))
+            if isinstance(item, dict) or _get(item, "type") in _TRACKED:
+                self._sent_event(item if isinstance(item, dict) else item.model_dump(mode="json"))
+            elif isinstance(_get(item, "sequence_number"), int):  # deltas: only their numbering matters
+                self.seq = max(self.seq, _get(item, "sequence_number"))
 
     def _sent_event(self, e: dict[str, Any]) -> None:
         kind = e.get("type")
