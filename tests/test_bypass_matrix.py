@@ -133,6 +133,25 @@ def test_harmful_answers_never_reach_the_client(stack, endpoint, mode, guard):
         pytest.fail(f"the {endpoint} refusal carries no decision: {s.raw[-400:]}")
 
 
+# -- across formats: LiteLLM translating a provider's stream into another endpoint's format ---------
+CROSS = [("messages", "chat", mode) for mode in ("answer", "answer-streamed", "reasoning-streamed", "tool-call-streamed")] + [
+    ("chat", "claude", mode) for mode in ("answer", "answer-streamed", "reasoning-streamed", "tool-call-streamed")]
+
+
+@pytest.mark.parametrize(("endpoint", "model", "mode"), CROSS)
+def test_translated_formats_are_guarded_too(stack, endpoint, model, mode):
+    """/v1/messages served by an OpenAI-compatible model and /v1/chat/completions by an Anthropic one."""
+    tag, stream, _ = ANSWER_MODES[mode]
+    k = key()
+    s = stack["clients"].call(endpoint, request(endpoint, f"[{tag}] req-key={k}"), stream=stream, model=model)
+    assert s.status == 200, s.raw[:400]
+    assert "bomb" in seen(stack, k)["text"]
+    assert REFUSED[endpoint] in s.ended and REFUSAL in s.answer
+    assert "ANSWER_SECRET" not in s.raw and ("bomb" not in s.raw if not mode.startswith("reasoning") else True)
+    if mode.startswith("reasoning"):
+        assert s.raw.count("TAIL") < 100
+
+
 # -- benign controls: exactly what the upstream sent -----------------------------------------------
 BENIGN = [(ep, tag, stream) for ep in ENDPOINTS for tag in ("benign", "tool", "summary") for stream in (False, True)
           if not (tag == "tool" and ep == "completions") and not (tag == "summary" and ep != "responses")]

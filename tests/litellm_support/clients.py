@@ -38,11 +38,13 @@ class Clients:
         self.openai = openai.OpenAI(base_url=base_url + "/v1", api_key=MASTER_KEY, max_retries=0, timeout=timeout)
         self.anthropic = anthropic.Anthropic(base_url=base_url, api_key=MASTER_KEY, max_retries=0, timeout=timeout)
 
-    def call(self, endpoint: str, req: dict[str, Any], *, stream: bool = False, **extra: Any) -> Seen:
+    def call(self, endpoint: str, req: dict[str, Any], *, stream: bool = False, model: str | None = None,
+             **extra: Any) -> Seen:
         """``req``: the endpoint's own request fields (messages / prompt / input + instructions /
-        system + messages); ``extra`` goes to the SDK call (n, extra_body, extra_headers)."""
+        system + messages); ``model``: another proxy model than the endpoint's own (LiteLLM then
+        translates between formats); ``extra`` goes to the SDK call (n, extra_body, extra_headers)."""
         try:
-            return getattr(self, f"_{endpoint}")(dict(req), stream, extra)
+            return getattr(self, f"_{endpoint}")({"model": model or MODEL[endpoint], **req}, stream, extra)
         except (openai.APIStatusError, anthropic.APIStatusError) as e:
             body = e.response.json() if e.response.content else {}
             err = body.get("error") if isinstance(body, dict) else None
@@ -51,7 +53,7 @@ class Clients:
 
     # -- one reader per endpoint --------------------------------------------------------------
     def _chat(self, req: dict, stream: bool, extra: dict) -> Seen:
-        r = self.openai.chat.completions.create(model=MODEL["chat"], stream=stream, **req, **extra)
+        r = self.openai.chat.completions.create(stream=stream, **req, **extra)
         if not stream:
             s = Seen(raw=r.model_dump_json(), items=[r])
             for c in r.choices:
@@ -75,7 +77,7 @@ class Clients:
         return s
 
     def _completions(self, req: dict, stream: bool, extra: dict) -> Seen:
-        r = self.openai.completions.create(model=MODEL["completions"], stream=stream, **req, **extra)
+        r = self.openai.completions.create(stream=stream, **req, **extra)
         chunks = [r] if not stream else list(r)
         s = Seen(items=chunks)
         for ch in chunks:
@@ -88,7 +90,7 @@ class Clients:
         return s
 
     def _responses(self, req: dict, stream: bool, extra: dict) -> Seen:
-        r = self.openai.responses.create(model=MODEL["responses"], stream=stream, **req, **extra)
+        r = self.openai.responses.create(stream=stream, **req, **extra)
         if not stream:
             s = Seen(raw=r.model_dump_json(), items=[r])
             self._response_output(s, r)
@@ -124,7 +126,7 @@ class Clients:
 
     def _messages(self, req: dict, stream: bool, extra: dict) -> Seen:
         req.setdefault("max_tokens", 256)
-        r = self.anthropic.messages.create(model=MODEL["messages"], stream=stream, **req, **extra)
+        r = self.anthropic.messages.create(stream=stream, **req, **extra)
         if not stream:
             s = Seen(raw=r.model_dump_json(), items=[r])
             for b in r.content:
