@@ -258,6 +258,6 @@ def _collector() -> Any:
             request_data["_gp_inputs"].append(inputs)
             return inputs
 
-        _Collector.apply_guardrail = apply_guardrail  # set after class creation: not wrapped for logging
+        _Collector.apply_guardrail = apply_guardrail  # type: ignore[method-assign]  # after class creation: not wrapped for logging
         _COLLECTOR = _Collector(guardrail_name="guardrails-plugin-reader")
     return _COLLECTOR

@@ -9,6 +9,10 @@ reasoning shape we do not know becomes an UNKNOWN part that the turn guard sends
 
 Tool-call arguments are model output as much as the answer is (an agent's e-mail body, a shell
 command): they come out as TOOL_CALL parts and are judged with the answer.
+
+``EventParts`` reads the event streams of the OpenAI Responses API and the Anthropic Messages API
+(and their whole-response forms): reasoning text and summaries, thinking, output text, tool-call
+arguments; an event, item or block of a type it does not know is an UNKNOWN part.
 """
 
 from __future__ import annotations
