@@ -11,7 +11,7 @@ from audit_support import backend, make_guard
 from pg_support import pg_server
 from typer.testing import CliRunner
 
-from guardrails_plugin.audit import JsonlAuditStore, attach_audit
+from guardrails_plugin.audit import QUERY_KEY, JsonlAuditStore, attach_audit
 from guardrails_plugin.audit_cli import escalations_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,7 +47,8 @@ def test_cli_list_show_resolve(esc_db: tuple[str, list[str]]) -> None:
     r = run(escalations_app, ["show", str(eid), "--db", db, "--json"])
     shown = json.loads(r.output)
     assert shown["decisions"][0]["request_id"] == ids[0] and shown["decisions"][0]["action"] == "escalate"
-    assert shown["metadata"] == {"user": "user-0"} and shown["verdicts"][0]["rationale"]
+    # the question travels with a reasoning record when content is stored
+    assert shown["metadata"] == {"user": "user-0", QUERY_KEY: "q"} and shown["verdicts"][0]["rationale"]
 
     r = run(escalations_app, ["resolve", str(eid), "--approve", "--by", "alice", "--note", "fine", "--db", db])
     assert r.exit_code == 0, r.output

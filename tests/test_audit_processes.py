@@ -16,7 +16,7 @@ from audit_support import REPO, backend, child_env, make_guard, run_child
 from pg_support import pg_server
 
 from guardrails_plugin import Action
-from guardrails_plugin.audit import AuditWriteError, attach_audit, open_store
+from guardrails_plugin.audit import QUERY_KEY, AuditWriteError, attach_audit, open_store
 from guardrails_plugin.metrics import attach_metrics
 
 pytestmark = pytest.mark.timeout(240)
@@ -90,7 +90,7 @@ def test_an_escalation_crosses_processes(backend: str) -> None:
     assert listed.returncode == 0, listed.stderr
     (item,) = json.loads(listed.stdout)
     assert item["request_id"] == rid and item["status"] == "pending"
-    assert item["content"] == "a grey thought" and item["metadata"] == {"user": "u7", "route": "/chat"}
+    assert item["content"] == "a grey thought" and item["metadata"] == {"user": "u7", "route": "/chat", QUERY_KEY: "q"}
     shown = _cli("show", str(item["id"]), "--db", backend)
     assert shown.returncode == 0 and rid in shown.stdout and "u7" in shown.stdout
 

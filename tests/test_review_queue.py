@@ -18,7 +18,7 @@ from review_support import GREY, GREY_WORD, HARM_WORD, make_guard, write_config,
 from typer.testing import CliRunner
 
 from guardrails_plugin import Action, GuardConfigError
-from guardrails_plugin.audit import EscalationAlreadyResolved, EscalationNotFound, open_store
+from guardrails_plugin.audit import QUERY_KEY, EscalationAlreadyResolved, EscalationNotFound, open_store
 from guardrails_plugin.cli import app as cli_app
 from guardrails_plugin.review import ReviewError, ReviewQueue
 from guardrails_plugin.review.app import SESSION_COOKIE, create_app
@@ -96,7 +96,7 @@ def test_an_answer_escalation_carries_its_question_without_a_stored_prompt_check
             (esc,) = queue.find()
             view = queue.view(esc.id)
             assert view.query == ("the lone question" if store_content else None)
-            assert ("query" in view.metadata) is store_content
+            assert (QUERY_KEY in view.metadata) is store_content
         finally:
             store.close()
 

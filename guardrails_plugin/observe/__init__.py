@@ -33,6 +33,7 @@ from .attach import attach_audit, auditor_from_config, open_store
 from .auditor import Auditor
 from .location import DEFAULT_PATH_ENV, DEFAULT_SQLITE_PATH, default_path, parse_location
 from .records import (
+    QUERY_KEY,
     STATUSES,
     AuditError,
     AuditRecord,
@@ -66,6 +67,7 @@ __all__ = [
     "STATUSES",
     "AuditError",
     "AuditRecord",
+    "QUERY_KEY",
     "AuditStore",
     "AuditUnavailable",
     "AuditWriteError",

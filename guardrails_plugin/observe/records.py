@@ -84,6 +84,11 @@ def strip_content(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in d.items() if k not in CONTENT_VERDICT_FIELDS} for d in verdicts]
 
 
+#: Metadata key holding the question a reasoning / response check was judged against (stored with
+#: the content, only when content storage is on). Namespaced: request metadata is the caller's.
+QUERY_KEY = "guardrails_plugin.query"
+
+
 @dataclass
 class AuditRecord:
     """One Decision as stored. ``verdicts`` are JSON-ready dicts."""
@@ -128,7 +133,7 @@ class AuditRecord:
         if store_content and request.stage is not Stage.PROMPT and request.prompt:
             # the question an answer or trace was judged against: a reviewer needs it, and a
             # labelled export needs it as the row's prompt, even when no prompt check was stored
-            metadata["query"] = request.prompt
+            metadata.setdefault(QUERY_KEY, request.prompt)
         per_guard: dict[str, float] = {}
         for v in decision.verdicts:  # windows of one guard share a call: keep the slowest
             per_guard[v.guard] = max(per_guard.get(v.guard, 0.0), v.latency_ms)

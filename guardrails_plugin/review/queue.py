@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audit import AuditRecord, AuditStore, Escalation, EscalationNotFound, content_sha256
+from ..audit import QUERY_KEY, AuditRecord, AuditStore, Escalation, EscalationNotFound, content_sha256
 from ..errors import GuardConfigError, GuardInputError
 from ..types import Action, Decision, Stage
 
@@ -158,8 +158,8 @@ class ReviewQueue:
         verdicts = list(getattr(esc, "verdicts", None) or (record.verdicts if record else []))
         metadata = dict(getattr(esc, "metadata", None) or (record.metadata if record else {}))
         query = next((r.content for r in related if r.stage == Stage.PROMPT.value and r.content), None)
-        if query is None and isinstance(metadata.get("query"), str):
-            query = metadata["query"]  # stored with the record itself (content storage on)
+        if query is None and isinstance(metadata.get(QUERY_KEY), str):
+            query = metadata[QUERY_KEY]  # stored with the record itself (content storage on)
         return EscalationView(esc, record, verdicts, metadata, related, rechecks, query)
 
     # -- deciding --------------------------------------------------------------------------------
