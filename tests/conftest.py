@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
+# Tests live in subfolders mirroring guardrails_plugin/; their support modules stay here. Both import
+# forms must work from any subfolder: `from langchain_support import ...` (tests/ on the path) and
+# `from tests.fake_openai_server import ...` (the repository root on the path).
+_TESTS = Path(__file__).resolve().parent
+for _p in (str(_TESTS.parent), str(_TESTS)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import pytest  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

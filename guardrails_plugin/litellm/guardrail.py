@@ -28,7 +28,7 @@ runs the turn guard over them. Every hook's decisions go to LiteLLM's standard g
 What the client sends cannot switch the guardrail off: whether it runs is LiteLLM's
 ``should_run_guardrail``, which for a ``default_on`` guardrail reads only the admin's key and team
 settings (``disable_global_guardrails``, ``opted_out_global_guardrails``), never the body's
-``guardrails`` list or metadata (tests/test_bypass_matrix.py tries each).
+``guardrails`` list or metadata (tests/litellm/test_bypass_matrix.py tries each).
 
 The parameter names avoid LiteLLM's own ``litellm_params`` fields (``mode``, ``config``,
 ``timeout``, ...), which the proxy would otherwise type-check and coerce.

@@ -12,7 +12,7 @@
 # Env: ROUTER_HOST (127.0.0.1; 0.0.0.0 to serve other machines), LOG_DIR (./router-logs).
 # Names and ports follow guardrails_plugin/serving.py (tests/test_serving_layout.py checks them).
 #
-# Why these flags (measured with tests/test_vllm_router.py and benchmarks/router_bench.py):
+# Why these flags (measured with tests/engines/test_vllm_router.py and benchmarks/router_bench.py):
 #   --policy consistent_hash      every check of one stream carries its session key (x-session-id);
 #                                 the router hashes it, so the stream's checks stay on the replica
 #                                 that holds its prefix in vLLM's prefix cache, while streams spread

@@ -16,7 +16,7 @@ import openai
 from .proxy import MASTER_KEY
 
 ENDPOINTS = ("chat", "completions", "responses", "messages")
-#: the proxy's model name per endpoint (tests/test_bypass_matrix.py, test_litellm_proxy.py)
+#: the proxy's model name per endpoint (tests/litellm/test_bypass_matrix.py, test_litellm_proxy.py)
 MODEL = {"chat": "chat", "completions": "chat", "responses": "oai", "messages": "claude"}
 
 

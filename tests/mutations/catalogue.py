@@ -22,7 +22,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/policy.py",
         old='closed = cfg.fail_mode_for(stage) == "closed"',
         new="closed = False",
-        tests=["tests/test_policy.py", "tests/test_faults.py"],
+        tests=["tests/test_policy.py", "tests/engines/test_faults.py"],
     )
     # Engine close racing a generate: rows queued after the stop sentinel strand their caller.
     mutation(
@@ -31,7 +31,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/engines/transformers/batching.py",
         old="            for row in rows:\n                self._queue.put(row)",
         new="            pass\n        for row in rows:\n            self._queue.put(row)",
-        tests=["tests/test_transformers_engine.py::test_generate_racing_aclose_is_answered_or_refused_never_stranded"],
+        tests=["tests/engines/test_transformers_engine.py::test_generate_racing_aclose_is_answered_or_refused_never_stranded"],
     )
     # Cancellation: the caller's own cancellation propagates out of the per-model pipeline; it
     # never becomes a fail-mode verdict (gather alone would hide this: drive the runner directly).
@@ -52,7 +52,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/stream/turn.py",
         old="            if any((t.covered < n) if t is not None else not passed for t, n in h.needs):\n                break",
         new="            if False:\n                break",
-        tests=["tests/test_turn_guard.py", "tests/test_monitor.py"],
+        tests=["tests/stream/test_turn_guard.py", "tests/stream/test_monitor.py"],
     )
     # Hold-back through a real proxy against a guard with latency: a finished check covers only the
     # prefix it judged, never text that arrived while it ran (a zero-latency guard hides this).
@@ -62,7 +62,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/stream/track.py",
         old="                self.covered = max(self.covered, check.chars)",
         new="                self.covered = max(self.covered, self.chars)",
-        tests=["tests/test_litellm_proxy.py::test_slow_guard_holds_back_answer_text_that_arrived_during_a_check"],
+        tests=["tests/litellm/test_litellm_proxy.py::test_slow_guard_holds_back_answer_text_that_arrived_during_a_check"],
     )
     # Mid-stream REDACT stops the stream like BLOCK (a redaction cannot be applied to text already sent).
     mutation(
@@ -71,7 +71,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/stream/track.py",
         old="return decision.blocked or decision.action is Action.REDACT",
         new="return decision.blocked",
-        tests=["tests/test_turn_guard.py", "tests/test_monitor.py"],
+        tests=["tests/stream/test_turn_guard.py", "tests/stream/test_monitor.py"],
     )
     # ---- forgery defences ------------------------------------------------------------------------------
     # Text sent to a server: special-token look-alikes broken so they cannot open a forged turn.
@@ -81,7 +81,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/engines/base.py",
         old=r'return _SPECIAL_TOKEN_TEXT.sub("<\u200b", text)',
         new="return text",
-        tests=["tests/test_openai_defuse.py"],
+        tests=["tests/engines/test_openai_defuse.py"],
     )
     # In-process: untrusted text never becomes special-token ids.
     mutation(
@@ -120,7 +120,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/observe/sql_engine.py",
         old='want = "FULL" if opts.get(DURABLE, True) else "NORMAL"',
         new='want = "OFF"',
-        tests=["tests/test_audit.py::test_strict_commits_are_synchronous_background_ones_batch"],
+        tests=["tests/observe/test_audit.py::test_strict_commits_are_synchronous_background_ones_batch"],
     )
 
     # A BLOCK must come from a verdict: with the guard prompt broken, the marker guard cannot read it
@@ -132,7 +132,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/models/guardreasoner.py",
         old='return INSTUCT + "\\n" + "Human user:\\n" + prompt + "\\n\\nAI assistant:\\n" + response + "\\n\\n"',
         new='return INSTUCT + "\\n" + "User:\\n" + prompt + "\\n\\nAI assistant:\\n" + response + "\\n\\n"',
-        tests=["tests/test_langchain_runnable.py"],
+        tests=["tests/langchain/test_langchain_runnable.py"],
     )
 
     # A record racing close() is written or counted, never silently lost: the closed check and the
@@ -143,7 +143,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/observe/auditor.py",
         old='        with self._cond:\n            # The closed check and the append are one step under the lock close() takes: a record\n            # is either queued ahead of the writer\'s stop (so written) or dropped and counted.\n            if self._closed:\n                why = "closed"\n            elif len(self._queue) >= self.queue_size:\n                why = "full"\n            else:\n                self._queue.append(record)\n                self._enqueued += 1\n                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:\n                    self._cond.notify()\n                return True\n            self.dropped += 1\n            n = self.dropped\n',
         new='        with self._cond:\n            closed, full = self._closed, len(self._queue) >= self.queue_size\n        if closed or full:\n            why = "closed" if closed else "full"\n        else:\n            self._queue.append(record)\n            with self._cond:\n                self._enqueued += 1\n                if len(self._queue) == 1 or len(self._queue) >= self.batch_size:\n                    self._cond.notify()\n            return True\n        with self._cond:\n            self.dropped += 1\n            n = self.dropped\n',
-        tests=["tests/test_audit_writer.py::test_a_record_racing_close_is_written_or_counted_never_lost"],
+        tests=["tests/observe/test_audit_writer.py::test_a_record_racing_close_is_written_or_counted_never_lost"],
     )
 
     # ---- human in the loop and agent streams (LangChain) -----------------------------------------------
@@ -154,7 +154,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/langchain/hitl.py",
         old="        if d2.action in (Action.ALLOW, Action.REDACT) or (d2.action is Action.ESCALATE and not d2.hold):",
         new="        if True or (d2.action is Action.ESCALATE and not d2.hold):",
-        tests=["tests/test_langchain_hitl.py", "-k", "harmful_edit"],
+        tests=["tests/langchain/test_langchain_hitl.py", "-k", "harmful_edit"],
     )
     # v3 agent stream: answer text waits for its check (the mutant releases it at once).
     mutation(
@@ -163,5 +163,5 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/langchain/stream_transformer.py",
         old='            delta[fname] = live.pending.pop(index, "")',
         new='            delta[fname] = text if isinstance(text, str) else ""',
-        tests=["tests/test_langchain_v3.py"],
+        tests=["tests/langchain/test_langchain_v3.py"],
     )

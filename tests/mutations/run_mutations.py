@@ -72,6 +72,10 @@ def run_one(m: Mutation, python: str, timeout: float) -> tuple[str, str]:
         target = work / m.path
         if not target.exists():
             return "stale", f"{m.path} does not exist"
+        # a moved test file would otherwise read as a pytest usage error, not as the catalogue's fault
+        missing = [t for t in m.tests if t.split("::")[0].endswith(".py") and not (work / t.split("::")[0]).exists()]
+        if missing:
+            return "stale", f"test file {missing[0]} does not exist"
         src = target.read_text()
         if src.count(m.old) != 1:
             return "stale", f"snippet found {src.count(m.old)} times in {m.path}"

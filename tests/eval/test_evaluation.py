@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def shared_dir() -> Path:
     env = os.environ.get("GUARDRAILS_PLUGIN_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
 
 
 GR_DIR = shared_dir() / "data" / "guardreasoner"

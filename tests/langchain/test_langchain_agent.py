@@ -285,7 +285,7 @@ def test_example_runs_offline(mode):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     out = subprocess.run(
         [sys.executable, str(root / "examples" / "langchain_agent.py"), "--token-delay", "0.001",

@@ -1,6 +1,6 @@
 """OpenAIEngine's routing side, on loopback servers: the session key a stream's checks carry, the
 failover list (sticky per stream, round-robin otherwise), the 404 configuration error and the
-``check_ready`` probe ``Guard.warmup()`` uses. The real router: tests/test_vllm_router.py."""
+``check_ready`` probe ``Guard.warmup()`` uses. The real router: tests/engines/test_vllm_router.py."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def _shared_dir() -> Path:
     env = os.environ.get("GUARDRAILS_PLUGIN_SHARED_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared"  # <repo>/tests -> <repo>/../shared
+    return Path(__file__).resolve().parents[3] / "shared"  # <repo>/tests/models -> <repo>/../shared
 
 
 @pytest.fixture(scope="module")

@@ -402,7 +402,7 @@ def test_two_workers_are_summed_in_one_scrape(tmp_path) -> None:
     mp_dir.mkdir()
     port = free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])}
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[2])}
     db = str(tmp_path / "audit.db")
     workers = [subprocess.Popen([sys.executable, "-c", MP_WORKER, n, p, db, crash], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

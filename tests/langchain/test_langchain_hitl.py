@@ -370,7 +370,7 @@ def test_an_edit_whose_text_the_store_does_not_keep_needs_it_passed(tmp_path):
 
 _RESTART = textwrap.dedent("""
     import json, sqlite3, sys
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {here!r}]
     from langchain.agents import create_agent
     from langchain_core.messages import HumanMessage
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -403,9 +403,10 @@ _RESTART = textwrap.dedent("""
 
 
 def _phase(tmp_path: Path, phase: str) -> dict:
-    script = _RESTART.format(tests=str(Path(__file__).parent))
+    here = Path(__file__).resolve().parent  # tests/langchain: this module; tests/: langchain_support
+    script = _RESTART.format(tests=str(here.parent), here=str(here))
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path), phase], capture_output=True, text=True,
-                          timeout=90, cwd=Path(__file__).parent.parent)
+                          timeout=90, cwd=here.parents[1])
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -17,7 +17,7 @@ from guardrails_plugin.types import FailureKind, GuardRequest, Stage, Verdict
 
 PROMPT_SHA256 = "b55061500cb1c21be79331825aba6fa90f43d508c6809b4ee873489b22a7a785"
 PROMPT_FILE = (
-    Path(__file__).resolve().parents[1]
+    Path(__file__).resolve().parents[2]
     / "guardrails_plugin"
     / "models"
     / "prompts"

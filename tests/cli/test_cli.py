@@ -26,7 +26,7 @@ ENV = {"HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TOKENIZER
 
 def shared_dir() -> Path:
     env = os.environ.get("GUARDRAILS_PLUGIN_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared"
 
 
 GR8B_PREDICTIONS = shared_dir() / "data" / "guardreasoner" / "test" / "8B" / "HarmBenchResponse" / \

@@ -40,7 +40,7 @@ def _spawn_workers(n: int) -> list[str | None]:
 
 def run(*args: str, env: dict[str, str] | None = None) -> str:
     out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=Path(__file__).resolve().parents[1])
+                         env={"PATH": "/usr/bin:/bin", **(env or {})}, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
