@@ -30,7 +30,25 @@ _USERS = 0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port BELOW the kernel's ephemeral range. The server is stopped and restarted on the
+    same port mid-test; an ephemeral port may meanwhile be taken by an outgoing connection of the
+    busy suite, or by a client retrying it (a TCP self-connect), and the restart would fail."""
+    import random
+
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    candidates = list(range(max(1024, low - 12_000), low))
+    random.shuffle(candidates)
+    for port in candidates[:500]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # nothing free below the range: fall back to any free port
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
