@@ -328,6 +328,7 @@ class Guard:
         """Drop the engines' KV caches kept for the stream ``session_id`` (a monitor closed), for
         every guard model and window. Never raises."""
         release_stream(self._built(), session_id)
+        self.runner.forget(session_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:

@@ -17,6 +17,10 @@ Done once here, for all three:
   each guard model then gets a ``SessionKey(stream, guard, window)``, so an engine that keeps KV
   caches (TransformersEngine) reuses the previous check's prefix and routers keep a stream on one
   replica (OpenAIEngine sends ``key.stream``).
+* **judged once**: a stream's closed windows (all but the last) keep the verdict of the check that
+  first judged them (judged.py), so each later check judges the open tail window (plus, once, a
+  window that closed since the check before), not the whole trace; a closed window's KV cache is
+  released once it is judged.
 * **deadlines**: each engine phase (fast: pre-generation and scoring together; full) has
   ``timeout_s`` in all.
 * **failures**: whatever goes wrong (engine error, timeout, open circuit, malformed batch, an
@@ -37,6 +41,7 @@ from typing import Any, TypeVar
 from .config import GuardConfig, GuardModelConfig
 from .engines.base import Engine, GenerationRequest, SessionKey
 from .errors import FailureKind, GuardConfigError, GuardEngineError, GuardTimeoutError, ScoringUnsupported
+from .judged import JudgedWindows, context_digest
 from .models.base import GuardModel
 from .models.fast import FastSpec
 from .runtime import we_are_cancelled
@@ -73,7 +78,7 @@ class Window:
     request: GuardRequest
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Job:
     """One guard model judging one request."""
 
@@ -84,6 +89,7 @@ class _Job:
     stage: Stage
     stream: str | None
     windows: list[Window]
+    context: bytes | None = None  # the request's context digest, once closed windows were looked up
 
     def key(self, window: Window) -> SessionKey | None:
         return SessionKey(self.stream, self.name, window.index) if self.stream else None
@@ -177,6 +183,7 @@ class Runner:
         self._model = model
         self._engine = engine
         self.stats = ScoringStats()
+        self.judged = JudgedWindows()
         self._warned: set[str] = set()
 
     async def run(self, name: str, request: GuardRequest) -> list[Verdict]:
@@ -196,12 +203,47 @@ class Runner:
             stream=str(stream) if stream else None,
             windows=[Window(i, (s, e), request.with_target(text[s:e])) for i, (s, e) in enumerate(spans)],
         )
+        known = self._recall(job, request, text)
+        todo = [w for w in job.windows if w.index not in known]
         try:
-            if self.config.mode == "full":
-                return await self._full(job, job.windows)
-            return await self._scored(job)
+            fresh = await (self._full(job, todo) if self.config.mode == "full" else self._scored(job, todo))
         except NoVerdict as no:
             return [no.verdict]
+        self._remember(job, todo, fresh, text)
+        known.update((w.index, v) for w, v in zip(todo, fresh, strict=True))
+        return [known[w.index] for w in job.windows]
+
+    def forget(self, stream: str) -> None:
+        """The stream is over: drop what its checks judged."""
+        self.judged.forget(stream)
+
+    # -- closed windows are judged once --------------------------------------------------------
+    def _recall(self, job: _Job, request: GuardRequest, text: str) -> dict[int, Verdict]:
+        """Verdicts earlier checks of this stream gave the closed windows (every one but the last)."""
+        if job.stream is None or len(job.windows) < 2:
+            return {}
+        ctx = job.context = context_digest(request)
+        known = {}
+        for w in job.windows[:-1]:
+            v = self.judged.get(job.stream, job.name, w.index, w.span, ctx, text[w.span[0] : w.span[1]])
+            if v is not None:
+                known[w.index] = v
+        return known
+
+    def _remember(self, job: _Job, judged: Sequence[Window], verdicts: Sequence[Verdict], text: str) -> None:
+        if job.stream is None or job.context is None:
+            return
+        last = job.windows[-1].index
+        for w, v in zip(judged, verdicts, strict=True):
+            if w.index == last:
+                continue  # the open window: the next check sees it grown
+            self.judged.put(job.stream, job.name, w.index, w.span, job.context, text[w.span[0] : w.span[1]], v)
+            key = job.key(w)
+            try:  # its final form is judged: its KV cache will not be reused
+                if key is not None:
+                    job.engine.release_session(key)
+            except Exception:
+                log.exception("releasing session %s on %s failed", key, job.engine.name)
 
     # -- engine calls ------------------------------------------------------------------------
     async def _within(self, job: _Job, call: Callable[[float], Awaitable[T]], deadline: float) -> T:
@@ -255,10 +297,10 @@ class Runner:
         return verdicts
 
     # -- fast scoring and the cascade --------------------------------------------------------
-    def _specs(self, job: _Job) -> list[FastSpec]:
+    def _specs(self, job: _Job, windows: Sequence[Window]) -> list[FastSpec]:
         try:
             specs = []
-            for w in job.windows:
+            for w in windows:
                 spec = job.model.fast_spec(w.request)
                 score = dataclasses.replace(spec.score, session_id=job.key(w), raw_prefix=spec.raw_prefix)
                 specs.append(dataclasses.replace(spec, score=score))
@@ -267,8 +309,8 @@ class Runner:
             log.exception("guard %s could not build its fast-score input", job.name)
             raise job.failure(FailureKind.BAD_INPUT, repr(exc)) from None
 
-    async def _scored(self, job: _Job) -> list[Verdict]:
-        specs = self._specs(job)
+    async def _scored(self, job: _Job, windows: Sequence[Window]) -> list[Verdict]:
+        specs = self._specs(job, windows)
         start = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + job.settings.timeout_s
         try:
@@ -283,16 +325,16 @@ class Runner:
             results = await self._within(job, lambda left: job.engine.score(scores, timeout=left), deadline)
         except ScoringUnsupported as exc:
             # Never less checking than asked for: an engine that cannot score generates.
-            self.stats.full_fallbacks += len(job.windows)
+            self.stats.full_fallbacks += len(windows)
             if job.name not in self._warned:
                 self._warned.add(job.name)
                 log.warning("%s; guard %s runs full generation instead", exc, job.name)
-            return await self._full(job, job.windows)
+            return await self._full(job, windows)
         latency_ms = (time.perf_counter() - start) * 1e3
         self._check_batch(job, results, len(specs), "scores")  # None, a bare result, a short batch
 
         verdicts: list[Verdict] = []
-        for w, spec, res in zip(job.windows, specs, results, strict=True):
+        for w, spec, res in zip(windows, specs, results, strict=True):
             try:
                 v = to_verdict(job.model, spec.read(res), job.stage)
             except Exception as exc:  # reading never raises into the caller
@@ -307,7 +349,7 @@ class Runner:
         if not escalate:
             return verdicts
         self.stats.escalated += len(escalate)
-        grey = [job.windows[i] for i in escalate]
+        grey = [windows[i] for i in escalate]
         try:
             fulls = await self._full(job, grey)
         except NoVerdict as no:  # the full generation failed: each grey window fails with it

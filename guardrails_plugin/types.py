@@ -89,6 +89,10 @@ class Verdict(BaseModel):
     window: tuple[int, int] | None = Field(
         None, description="Character span of the judged text this verdict covers (windowing)."
     )
+    reused: bool = Field(
+        False, description="Judged by an earlier check of the same stream: a closed window of a "
+        "streamed text is judged once (judged.py); latency_ms is that check's.",
+    )
 
     @property
     def ok(self) -> bool:

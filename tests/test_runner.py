@@ -48,9 +48,11 @@ class KeepingEngine(ScriptedEngine):
     def __init__(self, responder):
         super().__init__(responder)
         self.kept: dict[SessionKey, int] = {}
+        self.seen: list[SessionKey | None] = []  # every window's key, in call order
 
     async def generate(self, requests, *, timeout=None):
         for r in requests:
+            self.seen.append(r.session_id)
             if r.session_id is not None:
                 self.kept[r.session_id] = self.kept.get(r.session_id, 0) + 1
         return await super().generate(requests, timeout=timeout)
@@ -72,10 +74,13 @@ def test_session_keys_are_typed_per_stream_guard_and_window_and_released_per_str
     assert len(d.verdicts) == 2
     guard.check_prompt(text[:40], metadata={"session_id": "s2"})
     guard.check_prompt("no stream")  # a single check keeps nothing
-    assert set(engine.kept) == {
+    assert engine.seen == [
         SessionKey("s1", "GuardReasoner-1B", 0), SessionKey("s1", "GuardReasoner-1B", 1),
-        SessionKey("s2", "GuardReasoner-1B", 0),
-    }
+        SessionKey("s2", "GuardReasoner-1B", 0), None,
+    ]
+    # window 0 of s1 is closed (the text moved past it) and judged: its cache is released at once;
+    # the open tail window keeps its cache for the next, longer check of the stream
+    assert set(engine.kept) == {SessionKey("s1", "GuardReasoner-1B", 1), SessionKey("s2", "GuardReasoner-1B", 0)}
     guard.release_session("s1")
     assert set(engine.kept) == {SessionKey("s2", "GuardReasoner-1B", 0)}
     guard.close()
