@@ -16,6 +16,7 @@ from guardrails_plugin.engines.transformers_engine import TransformersEngine  # 
 from guardrails_plugin.models import ReasoningShield  # noqa: E402
 from guardrails_plugin.scoring import spec_for  # noqa: E402
 from guardrails_plugin.types import GuardRequest  # noqa: E402
+from guardrails_plugin.windowing import split_windows  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,5 +127,33 @@ def test_monitor_checks_reuse_the_cache_and_release_it_on_close(tiny_llama_dir):
         assert mon.stats.checks_run >= 2
         assert eng.stats["reused_tokens"] > 0
         assert eng.session_ids() == []  # released when the monitor closed
+    finally:
+        guard.close()
+
+
+def test_a_long_stream_keeps_only_its_open_window_cached(tiny_llama_dir):
+    """Closed windows are judged once and their KV caches released: the engine holds the open
+    tail window of each guard model, whatever the trace length."""
+    eng = TransformersEngine(tiny_llama_dir, name="open-window")
+    cfg = GuardConfig(
+        fail_mode="open",  # random weights: unparseable verdicts; fail-open keeps the stream going
+        models={"ReasoningShield-1B": GuardModelConfig(family="reasoningshield", max_new_tokens=2,
+                                                       max_input_chars=120, window_overlap_chars=20)},
+    )
+    guard = Guard(cfg, engine=eng)
+    try:
+        mon = guard.reasoning_monitor(query="How to bake?", check_every_tokens=6, check_paragraphs=False)
+        for word in (TRACE + " " + TRACE).split(" "):
+            mon.feed(word + " ")
+            view = mon.check_in_flight
+            if view is not None:
+                view.result(timeout=60)
+        keys = eng.session_ids()
+        assert len(keys) == 1, keys  # one guard model, its open window only
+        checked = mon.text[: mon.track.covered]  # what the latest check judged
+        assert len(split_windows(checked, 120, 20)) >= 3
+        assert keys[0].window == len(split_windows(checked, 120, 20)) - 1
+        mon.close(timeout=60)
+        assert eng.session_ids() == []
     finally:
         guard.close()
