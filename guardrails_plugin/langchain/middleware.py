@@ -8,9 +8,11 @@
 * ``after_model``: checks the AI message's reasoning and text. REDACT replaces the message (same
   id, so the state reducer swaps it in place) with the redacted text; BLOCK replaces it with the
   refusal and ends the run (its tool calls are dropped, never executed).
-* ``wrap_model_call``: a ``GuardrailViolation`` raised while the model streams (by a
-  ``GuardCallbackHandler`` in the run's callbacks) becomes the refusal message instead of an
-  exception, so a streaming agent stopped mid-thought ends cleanly.
+* ``wrap_model_call``: runs the model through the event-safe wrapper (model_call.py), so
+  ``stream_mode="messages"`` / ``"updates"`` / ``"values"`` and ``astream_events`` v2 show only
+  released text and the model node returns the checked message; a ``GuardrailViolation`` raised
+  while the model streams (by a ``GuardCallbackHandler`` in the run's callbacks) becomes the
+  refusal message instead of an exception.
 
 * ``transformers``: a v3 stream transformer (stream_transformer.py) that holds answer text back
   in ``stream_events`` / ``astream_events(version="v3")`` until a check has covered it and cuts a
@@ -18,10 +20,10 @@
 * Escalations under ``escalation_hold`` pause the run with LangGraph ``interrupt()`` in the shape
   of LangChain's ``HumanInTheLoopMiddleware`` (hitl.py, pause.py) and need a checkpointer.
 
-What it cannot do: ``after_model`` runs when the model has finished, so it cannot take back
-tokens already streamed to the caller through the legacy ``stream_mode="messages"``. Stop those
-with ``GuardCallbackHandler`` in the run's callbacks (which aborts the stream; see callbacks.py),
-or read the v3 event stream, which the transformer guards.
+Where the wrapper is not used (model_call.py: runs that pause on escalations, a
+``response_format`` other than a ToolStrategy, ``guard_model_call=False``), ``after_model`` runs
+when the model has finished and cannot take back tokens a legacy stream already showed; read the
+v3 event stream there, which the transformer guards.
 
 Why the checkpointer is checked at the first model call, not when ``create_agent`` builds the
 agent: create_agent hands its ``checkpointer`` to ``graph.compile`` only; a middleware is asked
@@ -48,6 +50,7 @@ from ..stream.drive import split
 from ..types import Action, Decision, Stage
 from ._common import is_guard_message, marked, query_of, rebuild_message, refusal_message, turn_prompt
 from .hitl import find_escalation, held, require_checkpointer
+from .model_call import guarded_request, remember
 from .pause import Driver, check_checkpointer, prompt_flow, run_metadata, turn_flow
 from .stream_transformer import StreamedTurn, transformer_factory
 
@@ -72,6 +75,8 @@ class GuardMiddleware(AgentMiddleware):
         catch_stream_violations: bool = True,
         pause_on_escalation: bool = True,
         stream_transformer: bool = True,
+        guard_model_call: bool = True,
+        trace_unchecked: bool = False,
     ):
         super().__init__()
         if tool_result_action not in ("replace", "end"):
@@ -86,6 +91,10 @@ class GuardMiddleware(AgentMiddleware):
         self.catch_stream_violations = catch_stream_violations
         #: under ``escalation_hold``, pause the run for a person instead of refusing (hitl.py)
         self.pause_on_escalation = pause_on_escalation
+        #: run the model through the event-safe wrapper (model_call.py)
+        self.guard_model_call = guard_model_call
+        #: let tracers record the model's run unchecked (events.py; off: checked content only)
+        self.trace_unchecked = trace_unchecked
         #: v3 stream transformers (``AgentMiddleware.transformers``, read when the agent is built)
         self.transformers = (transformer_factory(self),) if stream_transformer else ()
         #: the TurnGuard of the most recent turn guarded in a v3 stream (stats: detection lag)
@@ -230,22 +239,30 @@ class GuardMiddleware(AgentMiddleware):
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse | AIMessage:
+        guarded = guarded_request(self, request)
         try:
-            return handler(request)
+            response: Any = handler(guarded[0] if guarded else request)
         except GuardrailViolation as exc:
             if not self.catch_stream_violations:
                 raise
             return refusal_message(exc.decision)
+        if guarded:
+            remember(self, guarded[1], request, response)
+        return response  # type: ignore[no-any-return]
 
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse | AIMessage:
+        guarded = guarded_request(self, request)
         try:
-            return await handler(request)
+            response: Any = await handler(guarded[0] if guarded else request)
         except GuardrailViolation as exc:
             if not self.catch_stream_violations:
                 raise
             return refusal_message(exc.decision)
+        if guarded:
+            remember(self, guarded[1], request, response)
+        return response  # type: ignore[no-any-return]
 
 
 def create_guarded_agent(
