@@ -50,8 +50,9 @@ def query_of(messages: Sequence[Any]) -> str:
     unreadable: the answer is still judged, without its query)."""
     for m in reversed(list(messages)):
         if _role(m) == "human":
+            text = m[1] if isinstance(m, tuple) else m.content if isinstance(m, BaseMessage) else m.get("content", "")
             try:
-                return normalize_text(m[1] if isinstance(m, tuple) else m, what="query").value
+                return normalize_text(text, what="query").value
             except GuardInputError:
                 return ""
     return ""

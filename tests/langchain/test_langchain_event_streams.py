@@ -259,3 +259,22 @@ async def test_tracers_record_the_inner_run_with_checked_content_unless_asked(sc
         assert MARKER not in repr(rec.events)
         assert [k for k, _ in inner_events] == ["start", "error"] and "GuardrailViolation" in inner_events[-1][1]
     assert MARKER not in repr([e for e in rec.events if e[1] != inner])  # the wrapper's own run: checked text only
+
+
+@pytest.mark.parametrize("how", ["messages", "amessages", "updates", "aupdates"])
+async def test_after_model_reuses_the_model_calls_verdicts(how):
+    guard, engine = scripted_guard(latency_s=0.0, **CONFIG)
+    model = ScriptedReasoningChatModel(turns=[SCENARIOS["benign"]], token_delay_s=0.0)
+    mw = GuardMiddleware(guard)
+    await _agent(Seen(model), create_agent(model, tools=[], middleware=[mw]), how)
+    assert len(engine.prompts) >= 3  # the prompt, the reasoning and the answer were judged ...
+    assert len(set(engine.prompts)) == len(engine.prompts)  # ... and nothing twice (after_model reused the verdicts)
+
+
+def test_the_query_of_reasoning_and_answer_checks_is_the_users_message():
+    from guardrails_plugin.langchain._common import query_of
+
+    blocks = HumanMessage(content=[{"type": "text", "text": "in blocks"}])
+    assert [query_of([m]) for m in (HumanMessage("as a message"), blocks, ("user", "a tuple"),
+                                      {"role": "user", "content": "a dict"})] == [
+        "as a message", "in blocks", "a tuple", "a dict"]
