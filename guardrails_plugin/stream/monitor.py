@@ -340,18 +340,18 @@ class ReasoningMonitor:
             with self._runner.lock:
                 self._closed = True
                 self._runner.start(self.track.close())
-            while True:
+            while True:  # every check still running: the end-of-text one may run beside an older one
                 with self._runner.lock:
-                    inflight = self.track.inflight
-                    view = self._runner.views.get(inflight) if inflight is not None else None
-                if view is None:
+                    views = list(self._runner.views.values())
+                if not views:
                     break
                 # Only wait: the outcome, an error included, is applied by the runner (an error
                 # blocks). asyncio.wait neither raises the check's exception nor cancels it.
-                waiter = asyncio.wrap_future(view)
-                await asyncio.wait([waiter])
-                if not waiter.cancelled():
-                    waiter.exception()  # retrieved: no "never retrieved" noise
+                waiters = [asyncio.wrap_future(v) for v in views]
+                await asyncio.wait(waiters)
+                for waiter in waiters:
+                    if not waiter.cancelled():
+                        waiter.exception()  # retrieved: no "never retrieved" noise
             with self._runner.lock:
                 outcome = self.track.outcome
             assert outcome is not None

@@ -4,7 +4,10 @@ and is told each check's outcome; running checks is the caller's job (monitor.py
 A check falls due every ``every`` tokens and at paragraph ends. When one falls due while another
 is in flight, the two coalesce into one check of the newest prefix (a guard can never keep up
 with a decoder token by token, so checking stale prefixes only adds lag). ``close()`` asks for
-the end-of-text check unless a completed check already covers everything.
+the end-of-text check unless a completed check already covers everything; it starts at once, even
+beside a check still in flight, because whoever waits on the end (an answer gated on the
+reasoning) would otherwise wait for two guard calls back to back. A held-back text checks its first
+delta at once: nothing of it shows before a check, so its first check must not wait an interval.
 
 Hold-back decides what may be released: with it, only text an ALLOWing check has covered; without
 it, everything (a blocking check then stops the stream, and the tokens released past the blocking
@@ -87,7 +90,8 @@ class Track:
         self._delta_tokens = [0]
         self._last = ""  # last character fed
         self._last_check_tokens = 0
-        self.inflight: Check | None = None
+        self.inflight: Check | None = None  # the newest check running
+        self.running = 0  # checks running (the end-of-text check may run beside an older one)
         self._pending = False  # a check fell due while one was in flight
         self.covered = 0  # prefix length (chars) the latest ALLOWing check covered
         self.released = 0  # prefix length (chars) let downstream
@@ -110,8 +114,8 @@ class Track:
 
     @property
     def settled(self) -> bool:
-        """Closed, and no check in flight or owed: its final word is in."""
-        return self.closed and self.inflight is None
+        """Closed, and no check running or owed: its final word is in."""
+        return self.closed and self.running == 0
 
     def add(self, delta: str) -> Check | None:
         """Append ``delta``; return the check to start now, if one is due and none is in flight."""
@@ -121,7 +125,7 @@ class Track:
         self._delta_chars.append(self.chars)
         self._delta_tokens.append(self.tokens)
         prev, self._last = self._last, delta[-1]
-        if self.tokens - self._last_check_tokens >= self.every:
+        if self.tokens - self._last_check_tokens >= self.every or (self.hold_back and self.checks_run == 0):
             return self._due()
         if self.paragraphs and self.tokens > self._last_check_tokens and (
             # a paragraph end may arrive whole or split over two deltas ("\n" then "\n")
@@ -142,12 +146,14 @@ class Track:
     def _start(self, final: bool) -> Check:
         check = self.inflight = Check(self, final)
         self.checks_run += 1
+        self.running += 1
         return check
 
     def done(self, check: Check, decision: Decision) -> Check | None:
         """Apply a completed check; return the follow-up check to start, if one is owed."""
         self.guard_time_ms += (time.perf_counter() - check.started) * 1e3
         self.tokens_checked = max(self.tokens_checked, check.tokens)
+        self.running -= 1
         if self.inflight is check:
             self.inflight = None
         self.last_decision = decision
@@ -166,13 +172,15 @@ class Track:
         return None
 
     def close(self) -> Check | None:
-        """No more text: return the end-of-text check if one is owed now (after the check in
-        flight, if any, ``done`` returns it instead)."""
+        """No more text: return the end-of-text check if one is owed (started beside a check in
+        flight that does not cover everything; that one's verdict still counts)."""
         self.closed = True
         self._pending = False
-        if self.decision is not None or self.inflight is not None:
+        if self.decision is not None:
             return None
-        if self.last_decision is not None and self.covered >= self.chars:
+        if self.inflight is not None and self.inflight.chars >= self.chars:
+            return None  # the check in flight covers everything
+        if self.inflight is None and self.last_decision is not None and self.covered >= self.chars:
             return None
         return self._start(final=True)
 

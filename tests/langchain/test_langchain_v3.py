@@ -129,8 +129,9 @@ async def test_a_harmful_reasoning_stream_is_cut_with_its_lag_reported(style, mo
 async def test_after_model_reuses_the_stream_verdicts(mode):
     agent, _, _, engine, _ = _guarded(Turn("Short thought.", "Short answer."))
     await _raw(agent, mode)
-    # prompt, the reasoning (closed when the answer starts) and the answer's end-of-text check
-    assert len(engine.prompts) == 3
+    # prompt, the reasoning (closed when the answer starts), the held answer's first delta (checked
+    # at once, beside the reasoning's end) and its end-of-text check; after_model asks for nothing
+    assert len(engine.prompts) == 4
 
 
 @pytest.mark.parametrize("harmful", [False, True])
@@ -193,7 +194,9 @@ async def test_a_held_escalation_is_withheld_until_a_person_approves(mode, decis
     (it,) = state.interrupts
     assert it.value["action_requests"][0]["args"]["text"] == "a grey answer"
     checks = len(engine.prompts)
-    assert checks == 3  # prompt, reasoning, answer: after_model asked about the stream's own verdict
+    # prompt, reasoning, the answer's first delta and the whole answer: after_model asked about
+    # the stream's own verdict
+    assert checks == 4
     # the resumed run, read through the v3 stream too: its first state snapshot still holds the
     # message back (the person's answer is not in yet); after it, approved text or the refusal
     resumed = await _raw(agent, mode, Command(resume={"decisions": [{"type": decision}]}), cfg)

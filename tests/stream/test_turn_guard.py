@@ -129,6 +129,57 @@ def test_due_checks_coalesce_to_the_newest_prefix() -> None:
     assert seg.checks_run == 2  # the end found everything covered
 
 
+def test_the_answer_costs_one_check_not_two_or_three() -> None:
+    """At the answer's start the reasoning's end-of-text check starts at once, beside the check
+    still in flight, and so does the held answer's first check: the answer leaves when those two
+    passed, not after the older check, the end check and its own check one after another."""
+    sim = Sim(check_every_tokens=4)
+    sim.feed((R, words(4)))
+    older = sim.due[0]  # in flight, never completed before the answer starts
+    sim.feed((R, words(2, 4)))
+    sim.feed((A, "Paris "))
+    assert [(c.track.stage, c.final) for c in sim.due] == [
+        (Stage.REASONING, False), (Stage.REASONING, True), (Stage.RESPONSE, False)]
+    assert sim.released == [1, 2]
+    sim.complete(1)  # the reasoning's end-of-text check
+    assert sim.released == [1, 2]  # the answer's own check has not passed yet
+    sim.complete(1)  # the answer's first check
+    assert sim.released == [1, 2, 3] and sim.due == [older]
+    sim.feed((A, "is it."))
+    sim.settle()
+    assert sim.turn.stop is None and sim.released == [1, 2, 3, 4]
+
+
+def test_an_older_check_that_blocks_after_the_end_check_passed_still_stops_the_turn() -> None:
+    answers = iter([Action.BLOCK])  # the first verdict asked for below, whatever the text
+
+    def judge(stage, text):
+        d = verdict()(stage, text)
+        return d if stage is not Stage.REASONING or "w3" in text else d.model_copy(
+            update={"action": next(answers, Action.ALLOW)})
+
+    sim = Sim(judge=judge, check_every_tokens=2)
+    sim.feed((R, words(2)))
+    sim.feed((R, words(2, 2)), (A, "ok "))  # the end check covers w0..w3; the first check w0 w1
+    assert [(c.track.stage, c.final) for c in sim.due][:2] == [(Stage.REASONING, False), (Stage.REASONING, True)]
+    sim.complete(1)  # the end check: allowed
+    sim.complete(0)  # the older check comes back blocking: it still counts
+    assert sim.turn.stop is not None and sim.turn.stop.stage is Stage.REASONING
+    n = len(sim.released)
+    sim.feed((A, "more"))
+    sim.settle()
+    assert len(sim.released) == n and 2 not in sim.released
+
+
+def test_an_end_check_is_not_started_when_the_check_in_flight_covers_everything() -> None:
+    sim = Sim(check_every_tokens=4)
+    sim.feed((R, words(4)))
+    sim.feed((A, "Paris "))
+    assert [c.track.stage for c in sim.due] == [Stage.REASONING, Stage.RESPONSE]  # no second reasoning check
+    sim.settle()
+    assert sim.turn.stop is None and sim.turn.tracks[0].checks_run == 1
+
+
 def test_detection_lag_counts_tokens_released_past_the_blocking_prefix() -> None:
     sim = Sim(check_every_tokens=4)
     sim.feed((R, words(3) + MARKER + " "))  # 4 tokens: a check of them is due
