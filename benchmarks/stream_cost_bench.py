@@ -11,9 +11,9 @@ coalesced away and the counts are exact). For 2k / 10k / 40k-token traces it pri
 * wall          seconds for the whole trace
 
 Scripted rows use a counting ScriptedEngine at the shipped budget (24,000 chars, 1,000 overlap).
-``--tiny`` adds rows on a tiny random-weight Llama on CPU (TransformersEngine, KV reuse on, a
-smaller budget its 4k-token context fits): input tokens sent and prefilled (computed, not served
-from a kept KV cache) per trace token, and wall time.
+``--tiny`` adds rows on a tiny random-weight Llama on CPU (TransformersEngine, KV reuse on, one
+new token per window, a 4,000-char budget; its random output is read as "safe"): input tokens
+sent and prefilled (computed, not served from a kept KV cache) per trace token, and wall time.
 
     python benchmarks/stream_cost_bench.py                    # scripted rows
     python benchmarks/stream_cost_bench.py --tiny             # plus tiny-model rows
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -71,7 +72,7 @@ class Counting(ScriptedEngine):
 
 def config(max_chars: int, overlap: int, **model: object) -> GuardConfig:
     mc = GuardModelConfig(family="reasoningshield", max_input_chars=max_chars, window_overlap_chars=overlap, **model)
-    return GuardConfig(models={RS: mc}, fail_mode="open")
+    return GuardConfig(models={RS: mc})
 
 
 def run_trace(guard: Guard, tokens: int, every: int) -> tuple[int, int, float]:
@@ -105,18 +106,28 @@ def tiny_rows(sizes: list[int], every: int) -> list[dict]:
     from guardrails_plugin.engines.transformers_engine import TransformersEngine
     from guardrails_plugin.testing import build_tiny_model
 
+    class ReadAsSafe(TransformersEngine):
+        """The real engine's work (prefill with KV reuse, one decoded token per window), its
+        random-weight output read as "safe": a tiny model gives no parseable verdict, and only
+        real verdicts are remembered."""
+
+        async def generate(self, requests, *, timeout=None):
+            await super().generate(requests, timeout=timeout)
+            return ['"Analysis": tiny\n"Judgment": 0'] * len(requests)
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_model(Path(tmp) / "tiny-llama", "llama")
+        # room for a 4,000-char window in the tiny tokenizer's tokens plus the guard's template
+        path = build_tiny_model(Path(tmp) / "tiny-llama", "llama", max_position_embeddings=16_384)
         for n in sizes:
-            engine = TransformersEngine(str(path), name="tiny")
-            guard = Guard(config(4_000, 400, max_new_tokens=2), engine=engine)
+            engine = ReadAsSafe(str(path), name="tiny")
+            guard = Guard(config(4_000, 400, max_new_tokens=1), engine=engine)
             try:
                 checks, chars, wall = run_trace(guard, n, every)
             finally:
                 guard.close()
             sent = engine.stats["prefill_tokens"] + engine.stats["reused_tokens"]
-            rows.append({"tokens": n, "checks": checks, "calls": engine.stats["rows"] or engine.stats["calls"],
+            rows.append({"tokens": n, "checks": checks, "calls": engine.stats["rows"],
                          "tokens_sent": sent, "prefilled": engine.stats["prefill_tokens"],
                          "sent_per_token": sent / n, "prefilled_per_token": engine.stats["prefill_tokens"] / n,
                          "wall_s": wall})
@@ -132,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkout", help="import guardrails_plugin from DIR (before/after runs)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
+    logging.getLogger("guardrails_plugin").setLevel(logging.ERROR)
 
     print(f"guardrails_plugin from {Path(guardrails_plugin.__file__).parent.parent}; a check every {args.every} tokens")
     print("\nScripted guard (counting), budget 24,000 chars / 1,000 overlap")
@@ -147,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
               "(linear: about 1x; the issue's target: within 1.3x)")
     out = {"scripted": scripted}
     if args.tiny:
-        print("\nTiny Llama on CPU (TransformersEngine, KV reuse), budget 4,000 chars / 400 overlap")
+        print("\nTiny Llama on CPU (TransformersEngine, KV reuse, 1 new token, output read as safe), budget 4,000 chars / 400 overlap")
         print("| trace | checks | windows generated | tokens sent | per trace token | prefilled per trace token | wall s |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         out["tiny"] = tiny_rows(args.tiny_sizes, args.every)
