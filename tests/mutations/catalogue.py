@@ -165,3 +165,34 @@ def register(mutation: Callable[..., None]) -> None:
         new='            delta[fname] = text if isinstance(text, str) else ""',
         tests=["tests/langchain/test_langchain_v3.py"],
     )
+
+    # ---- long streams and event streams (issues 18, 19) --------------------------------------------------
+    # A remembered window verdict is reused only for the same text and context: the mutant reuses it
+    # for whatever text now sits at that span of a stream (a caller reusing a session id).
+    mutation(
+        id="judged-memory-ignores-text",
+        prop="judged once, never judged wrong",
+        path="guardrails_plugin/judged.py",
+        old="        if entry[0] != span or entry[1] != context or entry[2] != text_digest(text):",
+        new="        if entry[0] != span:",
+        tests=["tests/test_judged.py"],
+    )
+    # The gate: the answer waits until the reasoning before it is covered by a passed check.
+    mutation(
+        id="turn-answer-skips-the-gate",
+        prop="gate (answer after checked reasoning)",
+        path="guardrails_plugin/stream/turn.py",
+        old="                        needs.append((seg, seg.chars))",
+        new="                        pass",
+        tests=["tests/stream/test_turn_guard.py"],
+    )
+    # Event streams: the inner model runs without the consumer-facing streaming handlers (the
+    # mutant keeps them, so astream_events / stream_mode="messages" see unchecked tokens).
+    mutation(
+        id="events-inner-run-keeps-streaming-handlers",
+        prop="hold-back (LangChain event streams)",
+        path="guardrails_plugin/langchain/events.py",
+        old="            if not is_streaming(h):\n                child.add_handler(",
+        new="            if True:\n                child.add_handler(",
+        tests=["tests/langchain/test_langchain_event_streams.py"],
+    )
