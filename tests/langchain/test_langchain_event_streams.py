@@ -186,11 +186,13 @@ def _around(text: str, needle: str) -> str:
     return text[max(0, i - 300): i + 100] if i >= 0 else ""
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("how", RUNNABLE_WAYS)
+#: StrOutputParser drops the reasoning (the wrapper guards the output it is given): no reasoning cells there
+RUNNABLE_CELLS = [(how, scenario) for how in RUNNABLE_WAYS for scenario in SCENARIOS
+                  if not (how == "inner_parser_v2" and "reasoning" in scenario)]
+
+
+@pytest.mark.parametrize(("how", "scenario"), RUNNABLE_CELLS)
 async def test_guarded_runnable_shows_only_checked_text(how, scenario):
-    if how == "inner_parser_v2" and "reasoning" in scenario:
-        pytest.skip("StrOutputParser drops the reasoning: the wrapper guards the output it is given")
     turn = SCENARIOS[scenario]
     guard, _ = scripted_guard(latency_s=0.02, **(HELD if scenario == "held_reasoning" else CONFIG))
     model = ScriptedReasoningChatModel(turns=[turn], token_delay_s=0.003)
