@@ -48,7 +48,6 @@ class JudgedWindows:
         self.max_streams = max_streams
         self._streams: OrderedDict[str, dict[tuple[str, int], _Entry]] = OrderedDict()
         self._lock = threading.Lock()
-        self.reused = 0  #: window verdicts served from memory (the bench reads it)
 
     def get(self, stream: str, guard: str, index: int, span: tuple[int, int], context: bytes, text: str) -> Verdict | None:
         with self._lock:
@@ -59,8 +58,6 @@ class JudgedWindows:
             self._streams.move_to_end(stream)
         if entry[0] != span or entry[1] != context or entry[2] != text_digest(text):
             return None
-        with self._lock:
-            self.reused += 1
         return entry[3].model_copy(update={"reused": True})
 
     def put(self, stream: str, guard: str, index: int, span: tuple[int, int], context: bytes, text: str,

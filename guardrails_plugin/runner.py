@@ -78,7 +78,7 @@ class Window:
     request: GuardRequest
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
     """One guard model judging one request."""
 
@@ -89,7 +89,6 @@ class _Job:
     stage: Stage
     stream: str | None
     windows: list[Window]
-    context: bytes | None = None  # the request's context digest, once closed windows were looked up
 
     def key(self, window: Window) -> SessionKey | None:
         return SessionKey(self.stream, self.name, window.index) if self.stream else None
@@ -203,13 +202,17 @@ class Runner:
             stream=str(stream) if stream else None,
             windows=[Window(i, (s, e), request.with_target(text[s:e])) for i, (s, e) in enumerate(spans)],
         )
-        known = self._recall(job, request, text)
+        # a stream's closed windows (all but the last) judged by an earlier check keep their verdict
+        closed = job.stream is not None and len(job.windows) > 1
+        ctx = context_digest(request) if closed else b""
+        known = self._recall(job, ctx, text) if closed else {}
         todo = [w for w in job.windows if w.index not in known]
         try:
             fresh = await (self._full(job, todo) if self.config.mode == "full" else self._scored(job, todo))
         except NoVerdict as no:
             return [no.verdict]
-        self._remember(job, todo, fresh, text)
+        if closed:
+            self._remember(job, ctx, todo, fresh, text)
         known.update((w.index, v) for w, v in zip(todo, fresh, strict=True))
         return [known[w.index] for w in job.windows]
 
@@ -218,11 +221,9 @@ class Runner:
         self.judged.forget(stream)
 
     # -- closed windows are judged once --------------------------------------------------------
-    def _recall(self, job: _Job, request: GuardRequest, text: str) -> dict[int, Verdict]:
+    def _recall(self, job: _Job, ctx: bytes, text: str) -> dict[int, Verdict]:
         """Verdicts earlier checks of this stream gave the closed windows (every one but the last)."""
-        if job.stream is None or len(job.windows) < 2:
-            return {}
-        ctx = job.context = context_digest(request)
+        assert job.stream is not None
         known = {}
         for w in job.windows[:-1]:
             v = self.judged.get(job.stream, job.name, w.index, w.span, ctx, text[w.span[0] : w.span[1]])
@@ -230,14 +231,13 @@ class Runner:
                 known[w.index] = v
         return known
 
-    def _remember(self, job: _Job, judged: Sequence[Window], verdicts: Sequence[Verdict], text: str) -> None:
-        if job.stream is None or job.context is None:
-            return
+    def _remember(self, job: _Job, ctx: bytes, judged: Sequence[Window], verdicts: Sequence[Verdict], text: str) -> None:
+        assert job.stream is not None
         last = job.windows[-1].index
         for w, v in zip(judged, verdicts, strict=True):
             if w.index == last:
                 continue  # the open window: the next check sees it grown
-            self.judged.put(job.stream, job.name, w.index, w.span, job.context, text[w.span[0] : w.span[1]], v)
+            self.judged.put(job.stream, job.name, w.index, w.span, ctx, text[w.span[0] : w.span[1]], v)
             key = job.key(w)
             try:  # its final form is judged: its KV cache will not be reused
                 if key is not None:

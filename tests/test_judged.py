@@ -9,7 +9,7 @@ comes from what the engine was asked, never from timing."""
 from __future__ import annotations
 
 import pytest
-from langchain_support import MARKER, filler, marker_responder
+from langchain_support import _RS_THOUGHT, MARKER, filler, marker_responder
 
 from guardrails_plugin import Action, Guard, GuardConfig, Stage
 from guardrails_plugin.config import GuardModelConfig
@@ -20,7 +20,6 @@ from guardrails_plugin.windowing import split_windows
 pytestmark = pytest.mark.timeout(120)
 
 RS = "ReasoningShield-1B"
-_THOUGHT_RE = __import__("re").compile(r"\nThought: (.*)\n<\|assistant\|>\n\Z", __import__("re").DOTALL)
 
 
 class CountingEngine(ScriptedEngine):
@@ -36,7 +35,7 @@ class CountingEngine(ScriptedEngine):
             self._fail -= 1
             raise RuntimeError("guard replica restarting")
         out = await super().generate(requests, timeout=timeout)
-        self.batches.append([_THOUGHT_RE.search(p).group(1) for p in self.prompts[-len(requests):]])
+        self.batches.append([_RS_THOUGHT.search(p).group(1) for p in self.prompts[-len(requests):]])
         return out
 
     @property
