@@ -103,7 +103,7 @@ def scripted_rows(sizes: list[int], every: int) -> list[dict]:
 
 
 def tiny_rows(sizes: list[int], every: int) -> list[dict]:
-    from guardrails_plugin.engines.transformers_engine import TransformersEngine
+    from guardrails_plugin.engines.transformers import TransformersEngine
     from guardrails_plugin.testing import build_tiny_model
 
     class ReadAsSafe(TransformersEngine):

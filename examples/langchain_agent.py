@@ -41,7 +41,7 @@ from langchain_core.tools import tool
 from guardrails_plugin import Guard, GuardConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
-from guardrails_plugin.streaming import extract_deltas
+from guardrails_plugin.stream.extract import extract_deltas
 
 # -- the scripted reasoning model -----------------------------------------------------------------
 

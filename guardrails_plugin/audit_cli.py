@@ -22,7 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .audit import (
+from .observe import (
     STATUSES,
     AuditError,
     AuditStore,

@@ -312,7 +312,7 @@ def bench_monitor(engine, mn: dict[str, float], args: argparse.Namespace, hw: di
     """Checks of a streamed 1,000-token trace every ``check_every`` tokens, fast-scored and fully
     generated, with and without session KV reuse; against one end-of-trace check."""
     from .engines.base import GenerationRequest
-    from .engines.logprobs import ScoreRequest
+    from .engines.base import ScoreRequest
     from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
 
     total = args.monitor_tokens

@@ -218,7 +218,7 @@ def harmful_reasoning(words_before: int = 60, words_after: int = 140) -> str:
 
 def marker_end(text: str) -> int:
     """Token offset just past the first marker: the shortest prefix a marker guard flags."""
-    from guardrails_plugin.streaming import approx_tokens
+    from guardrails_plugin.stream.extract import approx_tokens
 
     i = text.index(MARKER) + len(MARKER)
     return approx_tokens(text[:i])

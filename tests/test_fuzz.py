@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from guardrails_plugin import Action, Guard, GuardConfig, Stage, Verdict
-from guardrails_plugin.circuit import CircuitConfig
+from guardrails_plugin.engines.breaker import CircuitConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.errors import GuardEngineError, GuardTimeoutError
 from guardrails_plugin.models import FlexGuard, GuardReasoner, ReasoningShield

@@ -14,7 +14,7 @@ from langchain_support import _RS_THOUGHT, MARKER, filler, marker_responder
 from guardrails_plugin import Action, Guard, GuardConfig, Stage
 from guardrails_plugin.config import GuardModelConfig
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.streaming import approx_tokens
+from guardrails_plugin.stream.extract import approx_tokens
 from guardrails_plugin.windowing import split_windows
 
 pytestmark = pytest.mark.timeout(120)

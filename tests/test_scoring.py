@@ -15,7 +15,7 @@ from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, Stage
 from guardrails_plugin.config import GuardModelConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.engines.base import render_plain
-from guardrails_plugin.engines.logprobs import Distribution, ScoreRequest, ScoreResult
+from guardrails_plugin.engines.base import Distribution, ScoreRequest, ScoreResult
 from guardrails_plugin.models import FlexGuard, GuardReasoner, ReasoningShield
 from guardrails_plugin.models.guardreasoner import FAST_PREFIX as GUARDREASONER_PREFIX
 from guardrails_plugin.models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
@@ -108,7 +108,7 @@ def test_adapters_expose_fast_spec():
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir):
-    from guardrails_plugin.engines.transformers_engine import TransformersEngine
+    from guardrails_plugin.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(tiny_llama_dir, name="tiny-llama")
     yield engine
@@ -117,7 +117,7 @@ def llama(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def qwen(tiny_qwen3_dir):
-    from guardrails_plugin.engines.transformers_engine import TransformersEngine
+    from guardrails_plugin.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(tiny_qwen3_dir, name="tiny-qwen3")
     yield engine
@@ -298,7 +298,7 @@ def test_cascade_on_windows_escalates_only_the_grey_window():
 
 
 def test_guard_fast_mode_on_tiny_model(tiny_llama_dir):
-    from guardrails_plugin.engines.transformers_engine import TransformersEngine
+    from guardrails_plugin.engines.transformers import TransformersEngine
 
     engine = TransformersEngine(tiny_llama_dir, name="tiny")
     try:

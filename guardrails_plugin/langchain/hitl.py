@@ -36,7 +36,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audit import (
+from ..observe import (
     Auditor,
     AuditStore,
     Escalation,

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
-from ..audit import content_sha256
+from ..observe import content_sha256
 from ..config import GuardConfig
 from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError

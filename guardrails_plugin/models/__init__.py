@@ -18,9 +18,6 @@ from .reasoningshield import ReasoningShield
 from .registry import families, family_names, get_model_class, presets, resolve
 from .shieldgemma import ShieldGemma
 
-#: every registered adapter class (kept for callers of the old tuple)
-MODEL_CLASSES: tuple[type[GuardModel], ...] = tuple(families().values())
-
 __all__ = [
     "GuardModel",
     "ReasoningShield",
@@ -31,7 +28,6 @@ __all__ = [
     "Qwen3Guard",
     "GraniteGuardian",
     "ShieldGemma",
-    "MODEL_CLASSES",
     "families",
     "family_names",
     "get_model_class",

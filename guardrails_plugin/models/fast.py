@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engines.base import GenerationRequest
-from ..engines.logprobs import ScoreRequest, ScoreResult
+from ..engines.base import ScoreRequest, ScoreResult
 
 FAST_NOTE = "fast score (one forward pass; accuracy against full generation not measured)"
 

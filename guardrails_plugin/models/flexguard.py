@@ -12,7 +12,7 @@ import dataclasses
 import re
 
 from ..engines.base import GenerationRequest
-from ..engines.logprobs import ScoreRequest, ScoreResult
+from ..engines.base import ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
 from .fast import FastReading, FastSpec

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engines.base import GenerationRequest
-from ..engines.logprobs import ScoreRequest, ScoreResult
+from ..engines.base import ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
 from .fast import FastReading, FastSpec, weighted

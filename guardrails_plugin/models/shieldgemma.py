@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..engines.base import GenerationRequest
-from ..engines.logprobs import ScoreRequest, ScoreResult
+from ..engines.base import ScoreRequest, ScoreResult
 from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, judged_text, neutralize_fields

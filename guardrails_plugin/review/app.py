@@ -22,7 +22,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.middleware.sessions import SessionMiddleware
 
-from ..audit import STATUSES, AuditStore, EscalationAlreadyResolved, EscalationNotFound
+from ..observe import STATUSES, AuditStore, EscalationAlreadyResolved, EscalationNotFound
 from ..errors import GuardConfigError
 from ..types import Stage
 from .queue import AGE_FILTERS, ReviewError, ReviewQueue

@@ -37,7 +37,7 @@ def _err(msg: str, code: int = 2) -> typer.Exit:
 
 
 def _open(db: str | None) -> Any:
-    from ..audit import AuditError, default_path, open_store
+    from ..observe import AuditError, default_path, open_store
 
     try:
         return open_store(db or default_path(), create=False)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..audit import AuditStore, Escalation
+from ..observe import AuditStore, Escalation
 from ..types import Stage
 from .queue import ReviewError, ReviewQueue, review_kind
 

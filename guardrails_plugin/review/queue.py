@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..audit import QUERY_KEY, AuditRecord, AuditStore, Escalation, EscalationNotFound, content_sha256
+from ..observe import QUERY_KEY, AuditRecord, AuditStore, Escalation, EscalationNotFound, content_sha256
 from ..errors import GuardConfigError, GuardInputError
 from ..types import Action, Decision, Stage
 
@@ -179,7 +179,7 @@ class ReviewQueue:
         view = self.view(id)
         esc = view.escalation
         if esc.status != "pending":
-            from ..audit import EscalationAlreadyResolved
+            from ..observe import EscalationAlreadyResolved
 
             raise EscalationAlreadyResolved(f"escalation {id} was already {esc.status} by {esc.resolver}")
         stage = _stage(esc.stage)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, GuardModelConfig, Stage
-from guardrails_plugin.circuit import BreakerEngine, CircuitBreaker, CircuitConfig, CircuitState
+from guardrails_plugin.engines.breaker import BreakerEngine, CircuitBreaker, CircuitConfig, CircuitState
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.errors import GuardEngineError, ScoringUnsupported
 from guardrails_plugin.policy import FAILURE_REASONS

@@ -62,7 +62,7 @@ def test_worker_count_from_environment_and_command_line() -> None:
 
 def test_transformers_engine_warns_once(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                         caplog: pytest.LogCaptureFixture) -> None:
-    from guardrails_plugin.engines.transformers_engine import TransformersEngine
+    from guardrails_plugin.engines.transformers import TransformersEngine
 
     monkeypatch.setattr(workers, "_warned", False)
     monkeypatch.setenv("WEB_CONCURRENCY", "3")

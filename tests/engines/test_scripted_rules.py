@@ -22,8 +22,7 @@ RULES = {
 def _families() -> list[type[GuardModel]]:
     from guardrails_plugin import models
 
-    registry = getattr(models.base, "FAMILIES", None)
-    return list(registry.values()) if registry else list(models.MODEL_CLASSES)
+    return list(models.families().values())
 
 
 def _writes_canned(cls: type[GuardModel]) -> bool:

@@ -20,7 +20,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from guardrails_plugin.engines.base import GenerationRequest  # noqa: E402
-from guardrails_plugin.engines.transformers_engine import TransformersEngine  # noqa: E402
+from guardrails_plugin.engines.transformers import TransformersEngine  # noqa: E402
 from guardrails_plugin.errors import GuardConfigError, GuardEngineError, GuardTimeoutError  # noqa: E402
 
 SYSTEM = "  # Task Description\nYou are a Risk Auditor.\n"  # surrounding blanks: Llama's template trims

@@ -13,7 +13,7 @@ import yaml
 
 from guardrails_plugin import Guard, GuardConfig, Stage
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.evaluation import (
+from guardrails_plugin.eval import (
     EvaluationError,
     attach_predictions,
     binary_metrics,

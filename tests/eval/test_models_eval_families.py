@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from guardrails_plugin import Guard, GuardConfig
 from guardrails_plugin.cli import app
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
-from guardrails_plugin.evaluation import (
+from guardrails_plugin.engines.base import Distribution, ScoreResult
+from guardrails_plugin.eval import (
     binary_metrics,
     choose_threshold,
     evaluate,

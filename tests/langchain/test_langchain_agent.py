@@ -25,7 +25,7 @@ from langchain_support import (
 from guardrails_plugin import Stage
 from guardrails_plugin.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler, GuardMiddleware
 from guardrails_plugin.langchain._common import META_KEY
-from guardrails_plugin.streaming import approx_tokens, extract_deltas
+from guardrails_plugin.stream.extract import approx_tokens, extract_deltas
 
 pytestmark = pytest.mark.timeout(90)
 

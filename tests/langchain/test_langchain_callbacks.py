@@ -22,7 +22,7 @@ from langchain_support import (
 
 from guardrails_plugin import GuardrailViolation, Stage
 from guardrails_plugin.langchain import AsyncGuardCallbackHandler, GuardCallbackHandler
-from guardrails_plugin.streaming import approx_tokens, extract_deltas
+from guardrails_plugin.stream.extract import approx_tokens, extract_deltas
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,7 +28,7 @@ from langchain_support import MARKER, ScriptedReasoningChatModel, Turn, chunk_co
 
 from guardrails_plugin import Stage
 from guardrails_plugin.langchain import GuardMiddleware, guard_runnable
-from guardrails_plugin.streaming import extract_deltas
+from guardrails_plugin.stream.extract import extract_deltas
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -42,7 +42,7 @@ from guardrails_plugin.langchain import (
 )
 from guardrails_plugin.langchain._common import META_KEY
 from guardrails_plugin.review.queue import ReviewQueue
-from guardrails_plugin.streaming import extract_deltas
+from guardrails_plugin.stream.extract import extract_deltas
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -30,7 +30,7 @@ from langgraph.types import Command
 from guardrails_plugin import Stage
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.langchain import GuardMiddleware
-from guardrails_plugin.streaming import approx_tokens, extract_deltas
+from guardrails_plugin.stream.extract import approx_tokens, extract_deltas
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")]
 warnings.filterwarnings("ignore", message="The v3 streaming protocol")

@@ -27,7 +27,7 @@ from litellm_support.upstream import HARMFUL_SENTENCE, script
 from review_support import Receiver
 
 from guardrails_plugin.audit import open_store
-from guardrails_plugin.streaming import approx_tokens
+from guardrails_plugin.stream.extract import approx_tokens
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,7 +11,7 @@ import guard_renders as ref
 import pytest
 from families_support import PROMPT, RESPONSE, tiny_engine
 
-from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
+from guardrails_plugin.engines.base import Distribution, ScoreResult
 from guardrails_plugin.errors import GuardConfigError, GuardInputError
 from guardrails_plugin.models import GraniteGuardian
 from guardrails_plugin.models.categories import CODES

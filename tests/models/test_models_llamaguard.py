@@ -11,7 +11,7 @@ import guard_renders as ref
 import pytest
 from families_support import PROMPT, REASONING, RESPONSE, tiny_dir, tiny_engine
 
-from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
+from guardrails_plugin.engines.base import Distribution, ScoreResult
 from guardrails_plugin.models import LlamaGuard3, LlamaGuard4
 from guardrails_plugin.models.llamaguard3 import CATEGORY_MAP, CATEGORY_NAMES
 from guardrails_plugin.testing import guard_templates as gt

@@ -13,7 +13,7 @@ from families_support import PROMPT, REASONING, RESPONSE, tiny_engine
 
 from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
+from guardrails_plugin.engines.base import Distribution, ScoreResult
 from guardrails_plugin.errors import GuardConfigError
 from guardrails_plugin.models import Qwen3Guard
 from guardrails_plugin.models.categories import CODES

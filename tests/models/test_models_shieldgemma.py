@@ -12,7 +12,7 @@ from families_support import PROMPT, RESPONSE, tiny_engine
 
 from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.engines.logprobs import Distribution, ScoreResult
+from guardrails_plugin.engines.base import Distribution, ScoreResult
 from guardrails_plugin.errors import GuardConfigError
 from guardrails_plugin.models import ShieldGemma
 from guardrails_plugin.models.shieldgemma import PROMPT_GUIDELINES, RESPONSE_GUIDELINES

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, GuardModelConfig, Stage
-from guardrails_plugin.circuit import CircuitConfig
+from guardrails_plugin.engines.breaker import CircuitConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.metrics import (
     GuardMetrics,
@@ -21,7 +21,7 @@ from guardrails_plugin.metrics import (
     observe_monitor,
     start_metrics_server,
 )
-from guardrails_plugin.monitor import MonitorStats
+from guardrails_plugin.stream.monitor import MonitorStats
 
 try:
     from fake_openai_server import free_port
@@ -361,7 +361,7 @@ def test_otel_guard_span_names_the_failure_of_any_window() -> None:
 MP_WORKER = """
 import sys
 from guardrails_plugin import Guard, GuardConfig
-from guardrails_plugin.circuit import CircuitConfig
+from guardrails_plugin.engines.breaker import CircuitConfig
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.metrics import attach_metrics, multiprocess_mode, start_metrics_server
 

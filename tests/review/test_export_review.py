@@ -16,7 +16,7 @@ from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.audit import open_store
 from guardrails_plugin.cli import app
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.evaluation import load_dataset
+from guardrails_plugin.eval import load_dataset
 from guardrails_plugin.review import ReviewQueue, export_reviewed
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ import pytest
 from langchain_support import MARKER, filler, pieces, scripted_guard, wait_until
 
 from guardrails_plugin import Action, Stage
-from guardrails_plugin.streaming import approx_tokens
+from guardrails_plugin.stream.extract import approx_tokens
 
 pytestmark = pytest.mark.timeout(60)
 

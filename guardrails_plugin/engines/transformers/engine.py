@@ -49,7 +49,7 @@ import torch
 
 from ...errors import GuardConfigError, GuardEngineError, GuardTimeoutError
 from ..base import GenerationRequest
-from ..logprobs import ScoreRequest, ScoreResult
+from ..base import ScoreRequest, ScoreResult
 from .batching import _STOP, _BatchingMixin
 from .encoding import _EncodingMixin
 from .scoring import _ScoringMixin

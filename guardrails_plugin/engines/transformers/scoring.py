@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...errors import GuardEngineError
-from ..logprobs import Distribution, ScoreRequest, ScoreResult
+from ..base import Distribution, ScoreRequest, ScoreResult
 from .state import _Row
 
 if TYPE_CHECKING:
