@@ -224,7 +224,7 @@ def bench_shape(shape: str, device: str, args: argparse.Namespace, hw: dict[str,
     from .engines.base import GenerationRequest
     from .models import ReasoningShield
     from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
-    from .scoring import spec_for
+    from .models.scoring import spec_for
     from .types import GuardRequest, Stage
 
     t_start = time.perf_counter()

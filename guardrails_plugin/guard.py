@@ -19,7 +19,7 @@ from .content import normalize_text
 from .engines import Engine, as_engine
 from .engines.breaker import BreakerEngine, CircuitBreaker
 from .errors import GuardConfigError, GuardInputError
-from .explain import explain_failure
+from .observe.explain import explain_failure
 from .loading import build_engine, describe_engine, engine_key
 from .models import GuardModel, get_model_class
 from .observe import Auditor, AuditWriteError, auditor_from_config
@@ -256,7 +256,7 @@ class Guard:
         """What monitors and turn guards need from this Guard, handed to them (the stream layer
         never imports the facade): the check, config, policy, engine loop, session release and
         the metrics sink for finished streams."""
-        from .metrics import observe_monitor
+        from .observe.metrics import observe_monitor
         from .stream.monitor import StreamChecks
 
         return StreamChecks(check=self.acheck, config=self.config, policy=self.policy, runtime=self._runtime,

@@ -41,11 +41,11 @@ from typing import Any, TypeVar
 from .config import GuardConfig, GuardModelConfig
 from .engines.base import Engine, GenerationRequest, SessionKey
 from .errors import FailureKind, GuardConfigError, GuardEngineError, GuardTimeoutError, ScoringUnsupported
-from .judged import JudgedWindows, context_digest
+from .stream.judged import JudgedWindows, context_digest
 from .models.base import GuardModel
 from .models.fast import FastSpec
 from .runtime import we_are_cancelled
-from .scoring import to_verdict
+from .models.scoring import to_verdict
 from .types import GuardRequest, Stage, Verdict
 from .windowing import Span, clip_context, split_windows
 

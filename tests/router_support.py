@@ -32,7 +32,7 @@ from fake_openai_server import free_port  # noqa: E402
 from guard_replica import SAFE_REPLIES, script_tiny_model  # noqa: E402
 
 GUARD = "ReasoningShield-1B"
-#: router flags of the supported topology (guardrails_plugin.serving.ROUTER_ARGS), with the
+#: router flags of the supported topology (guardrails_plugin.engines.serving.ROUTER_ARGS), with the
 #: recovery clocks shortened from 5 s to 1 s so a test sees a replica come back quickly
 TEST_ROUTER_ARGS = (
     "--policy", "consistent_hash", "--cb-failure-threshold", "1", "--cb-timeout-duration-secs", "1",

@@ -170,7 +170,7 @@ def build_config(
 
 
 def _with_served_names(cfg: GuardConfig, names: list[str], served_model_name: str | None) -> GuardConfig:
-    from ..serving import default_served_name
+    from ..engines.serving import default_served_name
 
     served = [n for n in names if cfg.models[n].engine == "openai"]
     if served_model_name and not served:

@@ -76,7 +76,7 @@ def attach_audit(
         store.close()
         raise
     guard.hooks.append(auditor)
-    from ..metrics import metrics_for  # late: metrics is optional wiring, not a dependency
+    from .metrics import metrics_for  # late: metrics is optional wiring, not a dependency
 
     m = metrics_for(guard)
     if m is not None:

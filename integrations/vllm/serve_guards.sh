@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serve the guard models with vLLM on ONE GPU, each on its own port, for guardrails-plugin's
 # `engine: openai`. See README.md next to this file. Names and ports follow the serving layout
-# (guardrails_plugin/serving.py; tests/test_serving_layout.py checks that this script agrees):
+# (guardrails_plugin/engines/serving.py; tests/engines/test_serving_layout.py checks that this script agrees):
 #
 #   ./serve_guards.sh              # GuardReasoner-1B (:8001) + ReasoningShield-1B (:8002)
 #   ./serve_guards.sh flexguard    # also FlexGuard-Qwen3-8B (:8003); sized for an 80 GB GPU

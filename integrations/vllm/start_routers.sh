@@ -10,7 +10,7 @@
 #
 # Then point the guard config at the routers: guard-router.yaml next to this file.
 # Env: ROUTER_HOST (127.0.0.1; 0.0.0.0 to serve other machines), LOG_DIR (./router-logs).
-# Names and ports follow guardrails_plugin/serving.py (tests/test_serving_layout.py checks them).
+# Names and ports follow guardrails_plugin/engines/serving.py (tests/engines/test_serving_layout.py checks them).
 #
 # Why these flags (measured with tests/engines/test_vllm_router.py and benchmarks/router_bench.py):
 #   --policy consistent_hash      every check of one stream carries its session key (x-session-id);

@@ -14,7 +14,7 @@ from guardrails_plugin import Action, Guard, GuardConfig, Stage  # noqa: E402
 from guardrails_plugin.config import GuardModelConfig  # noqa: E402
 from guardrails_plugin.engines.transformers import TransformersEngine  # noqa: E402
 from guardrails_plugin.models import ReasoningShield  # noqa: E402
-from guardrails_plugin.scoring import spec_for  # noqa: E402
+from guardrails_plugin.models.scoring import spec_for  # noqa: E402
 from guardrails_plugin.types import GuardRequest  # noqa: E402
 from guardrails_plugin.windowing import split_windows  # noqa: E402
 

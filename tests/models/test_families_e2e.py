@@ -29,7 +29,7 @@ from families_support import tiny_dir
 from guardrails_plugin import Action, Guard, GuardConfig, Stage
 from guardrails_plugin.engines import ScriptedEngine
 from guardrails_plugin.models import get_model_class
-from guardrails_plugin.scoring import to_verdict
+from guardrails_plugin.models.scoring import to_verdict
 from guardrails_plugin.testing import build_tiny_model, script_completion
 from guardrails_plugin.types import GuardRequest
 

@@ -175,7 +175,7 @@ def register(mutation: Callable[..., None]) -> None:
         path="guardrails_plugin/judged.py",
         old="        if entry[0] != span or entry[1] != context or entry[2] != text_digest(text):",
         new="        if entry[0] != span:",
-        tests=["tests/test_judged.py"],
+        tests=["tests/stream/test_judged.py"],
     )
     # The gate: the answer waits until the reasoning before it is covered by a passed check.
     mutation(

@@ -17,7 +17,7 @@ from pg_support import pg_server
 
 from guardrails_plugin import Action
 from guardrails_plugin.audit import QUERY_KEY, AuditWriteError, attach_audit, open_store
-from guardrails_plugin.metrics import attach_metrics
+from guardrails_plugin.observe.metrics import attach_metrics
 
 pytestmark = pytest.mark.timeout(240)
 

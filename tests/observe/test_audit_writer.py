@@ -23,7 +23,7 @@ from guardrails_plugin.audit import (
     SQLiteAuditStore,
     attach_audit,
 )
-from guardrails_plugin.metrics import attach_metrics
+from guardrails_plugin.observe.metrics import attach_metrics
 from guardrails_plugin.types import GuardRequest
 
 pytestmark = pytest.mark.timeout(120)

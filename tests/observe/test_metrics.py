@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardrails_plugin import Action, FailureKind, Guard, GuardConfig, GuardModelConfig, Stage
 from guardrails_plugin.engines.breaker import CircuitConfig
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.metrics import (
+from guardrails_plugin.observe.metrics import (
     GuardMetrics,
     attach_metrics,
     metrics_asgi_app,
@@ -342,7 +342,7 @@ def test_otel_guard_span_names_the_failure_of_any_window() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from guardrails_plugin.metrics import _span
+    from guardrails_plugin.observe.metrics import _span
     from guardrails_plugin.types import Decision, GuardRequest, Verdict
 
     exporter = InMemorySpanExporter()
@@ -363,7 +363,7 @@ import sys
 from guardrails_plugin import Guard, GuardConfig
 from guardrails_plugin.engines.breaker import CircuitConfig
 from guardrails_plugin.engines import ScriptedEngine
-from guardrails_plugin.metrics import attach_metrics, multiprocess_mode, start_metrics_server
+from guardrails_plugin.observe.metrics import attach_metrics, multiprocess_mode, start_metrics_server
 
 SAFE = "ok\\nAnswers: \\nRequest: unharmful\\nCompletion: compliance\\nResponse: unharmful\\n"
 HARM = "bad\\nAnswers: \\nRequest: harmful\\nCompletion: compliance\\nResponse: harmful\\n"
@@ -395,7 +395,7 @@ def test_two_workers_are_summed_in_one_scrape(tmp_path) -> None:
     import subprocess
     import sys
 
-    from guardrails_plugin.metrics import multiprocess_mode
+    from guardrails_plugin.observe.metrics import multiprocess_mode
 
     assert not multiprocess_mode()  # this process: ordinary in-memory metrics
     mp_dir = tmp_path / "prom"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from .types import Decision
+from ..types import Decision
 
 #: URLs in engine errors (internal hosts, ports)
 _URL = re.compile(r"\b([a-z][a-z0-9+.-]*)://[^\s'\"<>)\]]+", re.IGNORECASE)

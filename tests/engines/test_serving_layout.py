@@ -18,14 +18,14 @@ from guardrails_plugin import Action, Guard, GuardConfig
 from guardrails_plugin.cli import app
 from guardrails_plugin.config import GuardConfig as _GC
 from guardrails_plugin.errors import GuardConfigError, GuardServerConfigError
-from guardrails_plugin.serving import LAYOUT, ROUTER_ARGS, default_served_name, guard_models, served_guard
+from guardrails_plugin.engines.serving import LAYOUT, ROUTER_ARGS, default_served_name, guard_models, served_guard
 
 try:
     from guard_replica import GuardReplica
 except ImportError:  # tests/ as a package
     from tests.guard_replica import GuardReplica
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VLLM = REPO / "integrations" / "vllm"
 BY_NAME = {g.name: g for g in LAYOUT}
 BY_HUB = {g.hub_id: g for g in LAYOUT}

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from .engines.vllm_launcher import vllm_serve_command
+from .vllm_launcher import vllm_serve_command
 
 __all__ = [
     "HOST",

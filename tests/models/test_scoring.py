@@ -19,7 +19,7 @@ from guardrails_plugin.engines.base import Distribution, ScoreRequest, ScoreResu
 from guardrails_plugin.models import FlexGuard, GuardReasoner, ReasoningShield
 from guardrails_plugin.models.guardreasoner import FAST_PREFIX as GUARDREASONER_PREFIX
 from guardrails_plugin.models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
-from guardrails_plugin.scoring import spec_for, to_verdict
+from guardrails_plugin.models.scoring import spec_for, to_verdict
 from guardrails_plugin.types import GuardRequest
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,7 +21,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from .types import GuardRequest, Verdict
+from ..types import GuardRequest, Verdict
 
 __all__ = ["JudgedWindows", "context_digest", "text_digest"]
 

@@ -1,6 +1,6 @@
 """Prometheus metrics and optional OpenTelemetry spans for a Guard.
 
-    from guardrails_plugin.metrics import attach_metrics, start_metrics_server
+    from guardrails_plugin.observe.metrics import attach_metrics, start_metrics_server
     m = attach_metrics(guard)              # own CollectorRegistry; registry=prometheus_client.REGISTRY for the global one
     start_metrics_server(9464, m)          # or: app.mount("/metrics", m.asgi_app())
 
@@ -44,8 +44,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .engines.breaker import STATE_CODES
-from .types import Action, Decision, GuardRequest, Stage
+from ..engines.breaker import STATE_CODES
+from ..types import Action, Decision, GuardRequest, Stage
 
 
 class Observed(Protocol):
@@ -56,7 +56,7 @@ class Observed(Protocol):
 
     def circuit_breakers(self) -> list[Any]: ...
 
-log = logging.getLogger("guardrails_plugin.metrics")
+log = logging.getLogger("guardrails_plugin.observe.metrics")
 
 #: guard calls take ~10 ms (fast scoring on a GPU) to tens of seconds (8B reasoning on CPU)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
