@@ -1,5 +1,5 @@
 """TransformersEngine verdict latency and throughput (batch 1 / 8 / 32 by default), CPU tiny model
-by default, real model shapes on a GPU. A thin front of guardrails_plugin.bench (which also measures
+by default, real model shapes on a GPU. A thin front of `guardrails-plugin bench` (which also measures
 fast scoring, the cascade and monitor KV reuse); all its options apply.
 
     python benchmarks/engine_bench.py                  # CPU, tiny random model, well under a minute
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from guardrails_plugin.bench import main
+from guardrails_plugin.cli import app
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--batches" not in argv:
-        argv = ["--batches", "1", "8", "32", *argv]
-    raise SystemExit(main(argv))
+    if not any(a.startswith("--batches") for a in argv):
+        argv = ["--batches", "1,8,32", *argv]
+    app(["bench", *argv])

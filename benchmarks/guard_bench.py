@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from guardrails_plugin.bench import main
+from guardrails_plugin.cli import app
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    app(["bench", *sys.argv[1:]])

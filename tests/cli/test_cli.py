@@ -324,3 +324,18 @@ def test_help_version_and_mounted_commands() -> None:
     assert "--scripted-responses" not in invoke(["check", "--help"]).stdout  # hidden test hook
     assert invoke(["--version"]).stdout.startswith("guardrails-plugin ")
     assert invoke(["escalations", "--help"]).exit_code == 0
+
+
+def test_bench_measures_the_tiny_model_and_writes_its_report(tmp_path: Path) -> None:
+    """`bench` is a typer command like the rest: typed options, a clear error, real numbers."""
+    out = tmp_path / "bench"
+    r = invoke(["bench", "--batches", "1,2", "--reps", "1", "--monitor-tokens", "64", "--input-tokens", "32",
+                "--output-tokens", "2", "--max-full-batch", "2", "--out", out])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "bench.json").read_text())
+    (tiny,) = report["results"]
+    assert tiny["shape"] == "tiny" and report["args"]["batches"] == [1, 2]
+    assert "| verdicts/s | batch 1 | batch 2 |" in (out / "bench.md").read_text()
+    bad = CliRunner().invoke(app, ["bench", "--shape", "huge"], env=ENV)
+    assert bad.exit_code == 2 and "unknown shape" in bad.output
+    assert CliRunner().invoke(app, ["bench", "--batches", "1,x"], env=ENV).exit_code == 2

@@ -18,13 +18,14 @@ Models are random-weight: ``tiny`` (CPU default, the test model shape) or the re
 ``llama-1b``, ``llama-3b``, ``qwen3-8b`` (GPU), built in memory with a small trained tokenizer
 (token ids only; a guard's verdict quality is irrelevant to its speed). Not part of the test suite.
 
-    python -m guardrails_plugin.bench                       # CPU, tiny, a few minutes at most
-    python -m guardrails_plugin.bench --shape llama-1b --shape qwen3-8b    # on a GPU
+    guardrails-plugin bench                                   # CPU, tiny, a few minutes at most
+    guardrails-plugin bench --shape llama-1b --shape qwen3-8b # on a GPU
+
+The command line is ``cli/bench.py``; this module measures and reports.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import json
@@ -32,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,8 +113,8 @@ def build_engine(shape: str, device: str, *, max_batch_size: int = 64):
     import torch
     from transformers import AutoTokenizer
 
-    from .engines.transformers import TransformersEngine
-    from .testing import build_tiny_model
+    from ..engines.transformers import TransformersEngine
+    from ..testing import build_tiny_model
 
     spec = dict(SHAPES[shape])
     family = spec.pop("family")
@@ -182,7 +182,7 @@ def prefill_flops(mn: dict[str, float], n: int, *, past: int = 0, head_positions
 def rs_messages(engine, total_tokens: int, trace_tokens: int | None = None) -> tuple[tuple[dict, ...], int]:
     """ReasoningShield-layout messages of about ``total_tokens`` tokens: its system prompt (cut to
     fit) and a reasoning trace filling the rest (or ``trace_tokens``)."""
-    from .models.reasoningshield import builtin_prompt
+    from ..models.reasoningshield import builtin_prompt
 
     tok = engine.tokenizer
     sys_ids = tok(builtin_prompt(), add_special_tokens=False)["input_ids"]
@@ -191,7 +191,7 @@ def rs_messages(engine, total_tokens: int, trace_tokens: int | None = None) -> t
     system = tok.decode(sys_ids[:sys_n])
     trace = trace_text(engine, trace_n)
     msgs = ({"role": "system", "content": system}, {"role": "user", "content": f"Query: How do I bake bread?\nThought: {trace}"})
-    from .engines.base import GenerationRequest
+    from ..engines.base import GenerationRequest
 
     return msgs, len(engine.request_ids(GenerationRequest(messages=msgs)))
 
@@ -220,12 +220,12 @@ def _sync(engine) -> None:
         torch.cuda.synchronize()
 
 
-def bench_shape(shape: str, device: str, args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
-    from .engines.base import GenerationRequest
-    from .models import ReasoningShield
-    from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
-    from .models.scoring import spec_for
-    from .types import GuardRequest, Stage
+def bench_shape(shape: str, device: str, args: BenchOptions, hw: dict[str, Any]) -> dict[str, Any]:
+    from ..engines.base import GenerationRequest
+    from ..models import ReasoningShield
+    from ..models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
+    from ..models.scoring import spec_for
+    from ..types import GuardRequest, Stage
 
     t_start = time.perf_counter()
     engine = build_engine(shape, device, max_batch_size=max(args.batches))
@@ -308,12 +308,12 @@ def bench_shape(shape: str, device: str, args: argparse.Namespace, hw: dict[str,
     return res
 
 
-def bench_monitor(engine, mn: dict[str, float], args: argparse.Namespace, hw: dict[str, Any]) -> dict[str, Any]:
+def bench_monitor(engine, mn: dict[str, float], args: BenchOptions, hw: dict[str, Any]) -> dict[str, Any]:
     """Checks of a streamed 1,000-token trace every ``check_every`` tokens, fast-scored and fully
     generated, with and without session KV reuse; against one end-of-trace check."""
-    from .engines.base import GenerationRequest
-    from .engines.base import ScoreRequest
-    from .models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
+    from ..engines.base import GenerationRequest
+    from ..engines.base import ScoreRequest
+    from ..models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
 
     total = args.monitor_tokens
     msgs, _ = rs_messages(engine, args.monitor_system_tokens + total, trace_tokens=total)
@@ -425,38 +425,46 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="guardrails-plugin bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shape", action="append", choices=sorted(SHAPES),
-                   help="model shape(s); default tiny on CPU, llama-1b, llama-3b, qwen3-8b on GPU")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--input-tokens", type=int, default=None, help="default 256 on CPU, 1024 on GPU")
-    p.add_argument("--output-tokens", type=int, default=None, help="full verdict length; default 32 CPU, 150 GPU")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
-    p.add_argument("--max-full-batch", type=int, default=None, help="largest batch for full generation throughput")
-    p.add_argument("--reps", type=int, default=None)
-    p.add_argument("--assume-escalation", type=float, default=0.2, help="cascade projection fraction")
-    p.add_argument("--monitor-tokens", type=int, default=1000)
-    p.add_argument("--monitor-system-tokens", type=int, default=None)
-    p.add_argument("--monitor-output-tokens", type=int, default=None)
-    p.add_argument("--check-every", type=int, default=64)
-    p.add_argument("--out", default="bench-results", help="folder for bench.json and bench.md")
-    args = p.parse_args(list(argv) if argv is not None else None)
-    import torch
+@dataclasses.dataclass
+class BenchOptions:
+    """What to measure. ``None`` fields take the device's default (``resolved()``)."""
 
-    gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    args.device = args.device or ("cuda" if gpu else "cpu")
-    args.shape = args.shape or (["llama-1b", "llama-3b", "qwen3-8b"] if gpu else ["tiny"])
-    args.input_tokens = args.input_tokens or (1024 if gpu else 256)
-    args.output_tokens = args.output_tokens or (150 if gpu else 32)
-    args.max_full_batch = args.max_full_batch or (64 if gpu else 32)
-    args.reps = args.reps or (20 if gpu else 9)
-    args.monitor_system_tokens = args.monitor_system_tokens or (700 if gpu else 128)
-    args.monitor_output_tokens = args.monitor_output_tokens or (150 if gpu else 16)
-    return args
+    shape: list[str] | None = None
+    device: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 32, 64])
+    max_full_batch: int | None = None
+    reps: int | None = None
+    assume_escalation: float = 0.2
+    monitor_tokens: int = 1000
+    monitor_system_tokens: int | None = None
+    monitor_output_tokens: int | None = None
+    check_every: int = 64
+    out: str = "bench-results"
+
+    def resolved(self) -> BenchOptions:
+        """The options with every default filled in for the device (GPU: real shapes, longer runs)."""
+        import torch
+
+        gpu = (self.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        unknown = sorted(set(self.shape or ()) - set(SHAPES))
+        if unknown:
+            raise ValueError(f"unknown shape(s) {unknown}; choose from {sorted(SHAPES)}")
+        return dataclasses.replace(
+            self,
+            device=self.device or ("cuda" if gpu else "cpu"),
+            shape=self.shape or (["llama-1b", "llama-3b", "qwen3-8b"] if gpu else ["tiny"]),
+            input_tokens=self.input_tokens or (1024 if gpu else 256),
+            output_tokens=self.output_tokens or (150 if gpu else 32),
+            max_full_batch=self.max_full_batch or (64 if gpu else 32),
+            reps=self.reps or (20 if gpu else 9),
+            monitor_system_tokens=self.monitor_system_tokens or (700 if gpu else 128),
+            monitor_output_tokens=self.monitor_output_tokens or (150 if gpu else 16),
+        )
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def run_bench(args: BenchOptions) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -466,15 +474,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench] {shape} on {args.device} ...", file=sys.stderr, flush=True)
         results.append(bench_shape(shape, args.device, args, hw))
     return {"hardware": hw, "torch": torch.__version__, "transformers": transformers.__version__,
-            "args": vars(args), "results": results}
+            "args": dataclasses.asdict(args), "results": results}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `guardrails-plugin bench` (``argv`` without the program name)."""
+def run_and_write(options: BenchOptions) -> Path:
+    """Measure, write bench.json and bench.md into ``options.out``, print the markdown; the folder."""
     import logging
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    args = parse_args(argv)
+    args = options.resolved()
     report = run_bench(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -483,8 +491,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "bench.md").write_text(md)
     print(md)
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return out
