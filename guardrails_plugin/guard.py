@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import GuardConfig, find_model
+from .config import GuardConfig
 from .content import normalize_text
-from .engines import Engine, as_engine
-from .engines.breaker import BreakerEngine, CircuitBreaker
+from .engines import Engine
+from .engines.breaker import CircuitBreaker
 from .errors import GuardConfigError, GuardInputError
-from .observe.explain import explain_failure
-from .loading import build_engine, describe_engine, engine_key
-from .models import GuardModel, get_model_class
+from .loading import ModelPool
+from .models import GuardModel
 from .observe import Auditor, AuditWriteError, auditor_from_config
+from .observe.explain import explain_failure
 from .policy import Policy
 from .runner import Runner, release_stream
 from .runtime import LoopThread, default_loop
@@ -35,11 +34,6 @@ log = logging.getLogger("guardrails_plugin")
 
 DecisionHook = Callable[[GuardRequest, Decision], None]
 
-#: generation cap for tiny random test models (guardrails_plugin.testing writes tiny_model.json):
-#: their completions are gibberish, so 1,024 tokens of it only cost time (~18 s per CLI check)
-TINY_MAX_NEW_TOKENS = 32
-
-
 class Guard:
     """Checks prompts, reasoning traces and responses with local guard models.
 
@@ -50,17 +44,12 @@ class Guard:
     def __init__(self, config: GuardConfig | None = None, *, engine: Engine | None = None):
         self.config = config or GuardConfig()
         self.policy = Policy(self.config)
-        self._models: dict[str, GuardModel] = {}
-        self._engines: dict[tuple[Any, ...], Engine] = {}
-        self._engines_lock = threading.RLock()
-        #: the ``engine=`` override, completed to the Engine protocol now (a TypeError for an object
-        #: that is no engine) and wrapped in its circuit breaker on first use (``_override``)
-        self._engine_override: Engine | None = as_engine(engine) if engine is not None else None
-        self._override: Engine | None = None
+        #: the guard models' adapters and engines (loading.py), shared with the runner
+        self.pool = ModelPool(self.config, engine=engine)
         self._runtime: LoopThread = default_loop()
         #: the per-model pipeline (windows, session keys, deadlines, failure verdicts; fast and
         #: cascade counters in ``runner.stats``)
-        self.runner = Runner(self.config, model=self.model, engine=self._aengine)
+        self.runner = Runner(self.config, self.pool)
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
         self.hooks: list[DecisionHook] = []
         for stage, sc in self.config.stages.items():
@@ -94,23 +83,7 @@ class Guard:
 
     def model(self, name: str) -> GuardModel:
         """The adapter of the configured guard model ``name``."""
-        if name not in self._models:
-            key = find_model(self.config.models, name)  # names match case-insensitively
-            if key is None:
-                raise GuardConfigError(f"no guard model named {name!r} in the config") from None
-            if key != name:
-                return self.model(key)
-            mc = self.config.models[name]
-            cls = get_model_class(mc.family)
-            model_dir = mc.model if mc.model and Path(mc.model).is_dir() else None
-            max_new = mc.max_new_tokens
-            if max_new is None and model_dir is not None and (Path(model_dir) / "tiny_model.json").is_file():
-                max_new = TINY_MAX_NEW_TOKENS
-            # from_config: model id, family options, and a GuardConfigError now (not per check) when
-            # mode fast/cascade meets a family without a fast-scoring spec for this engine
-            self._models[name] = cls.from_config(name, mc, mode=self.config.mode, model_dir=model_dir,
-                                                 max_new_tokens=max_new)
-        return self._models[name]
+        return self.pool.model(name)
 
     def engine(self, name: str, *, download: bool = False) -> Engine:
         """The engine that runs guard model ``name`` (built on first use, shared when identical).
@@ -120,28 +93,7 @@ class Guard:
         on the hub. With ``config.circuit.enabled`` (the default) it is a ``BreakerEngine``: ``generate`` goes
         through the engine's circuit breaker, everything else is delegated (``.inner`` is the
         engine itself)."""
-        with self._engines_lock:  # two first checks at once must not load the weights twice
-            if self._engine_override is not None:
-                if self._override is None:
-                    self._override = self._with_breaker(self._engine_override)
-                return self._override
-            key = self._engine_key(name)
-            if key not in self._engines:
-                mc = self.config.models[self.model(name).name]
-                self._engines[key] = self._with_breaker(build_engine(mc, self.model(name), download=download))
-            return self._engines[key]
-
-    def _engine_key(self, name: str) -> tuple[Any, ...]:
-        model = self.model(name)
-        return engine_key(self.config.models[model.name], model)
-
-    async def _aengine(self, name: str) -> Engine:
-        """``engine(name)``, built in a worker thread on first use: loading weights takes seconds
-        and must not stall the caller's event loop."""
-        if self._override is not None:
-            return self._override
-        built = self._engines.get(self._engine_key(name))
-        return built if built is not None else await asyncio.to_thread(self.engine, name)
+        return self.pool.engine(name, download=download)
 
     def warmup(self, names: list[str] | None = None) -> Guard:
         """Resolve and load the guard models of every enabled stage (or just ``names``) now, at
@@ -170,20 +122,9 @@ class Guard:
             raise GuardConfigError("cannot load the guard models:\n- " + "\n- ".join(problems))
         return self
 
-    def _with_breaker(self, engine: Engine) -> Engine:
-        """``engine`` behind its own circuit breaker when ``config.circuit.enabled``."""
-        cc = self.config.circuit
-        if not cc.enabled:
-            return engine
-        return BreakerEngine(engine, CircuitBreaker.from_config(engine.name, cc))
-
-    def _built(self) -> list[Engine]:
-        """The engines built so far (the override, or one per distinct configuration)."""
-        return [self._override] if self._override is not None else list(self._engines.values())
-
     def circuit_breakers(self) -> list[CircuitBreaker]:
         """The circuit breakers of the engines built so far (metrics read their state)."""
-        return [e.breaker for e in self._built() if isinstance(e, BreakerEngine)]
+        return self.pool.circuit_breakers()
 
     # -- checks -------------------------------------------------------------------------------
     def check(self, request: GuardRequest) -> Decision:
@@ -298,18 +239,9 @@ class Guard:
     def _explain_failure(self, request: GuardRequest, decision: Decision) -> Decision:
         """Log the errors behind a fail-mode decision once, in full (explain.py), and return the
         decision with URLs cut from what callers and clients see."""
-        line, shown = explain_failure(decision, self.config.fail_mode_for(request.stage), self._engine_desc)
+        line, shown = explain_failure(decision, self.config.fail_mode_for(request.stage), self.pool.describe)
         log.warning("%s", line)
         return shown
-
-    def _engine_desc(self, name: str) -> str:
-        if self._engine_override is not None:
-            return self._engine_override.name
-        try:  # a log line must never raise
-            model = self.model(name)
-            return describe_engine(self.config.models[model.name], model)
-        except GuardConfigError:
-            return "?"
 
     async def _emit(self, request: GuardRequest, decision: Decision) -> None:
         for hook in list(self.hooks):
@@ -327,19 +259,12 @@ class Guard:
     def release_session(self, session_id: str) -> None:
         """Drop the engines' KV caches kept for the stream ``session_id`` (a monitor closed), for
         every guard model and window. Never raises."""
-        release_stream(self._built(), session_id)
+        release_stream(self.pool.built(), session_id)
         self.runner.forget(session_id)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def _aclose(self) -> None:
-        # an override is closed even when no check used it (the Guard owns what it was given)
-        engines = [self._override or self._engine_override] if self._engine_override is not None else self._built()
-        for e in engines:
-            try:
-                await e.aclose()
-            except Exception:
-                log.exception("closing engine %s failed", e.name)
-        self._engines.clear()
+        await self.pool.aclose()
 
     def _close_sinks(self) -> None:
         if self.auditor is not None:

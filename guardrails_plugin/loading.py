@@ -5,22 +5,29 @@ once, local files first (``resolve_weights``): a folder, else the hub id's snaps
 Face cache. Only ``Guard.warmup()`` may download (``download=True``), so the hub's retries never
 sit on a check's path; ``HF_HUB_OFFLINE=1`` forbids downloads everywhere.
 
-This sits above config, models and engines (it reads all three), so engines never import the
-configuration.
+``ModelPool`` holds the adapters and engines a Guard's checks use; the runner is handed the pool,
+so a check never climbs back up to the facade. This sits above config, models and engines (it
+reads all three), so engines never import the configuration.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-from .config import GuardModelConfig
-from .engines import Engine
+from .config import GuardConfig, GuardModelConfig, find_model
+from .engines import Engine, as_engine
+from .engines.breaker import BreakerEngine, CircuitBreaker
 from .errors import GuardConfigError
-from .models import GuardModel
+from .models import GuardModel, get_model_class
 
-__all__ = ["build_engine", "describe_engine", "engine_key", "hub_offline", "resolve_weights"]
+__all__ = ["ModelPool", "build_engine", "describe_engine", "engine_key", "hub_offline", "resolve_weights"]
+
+log = logging.getLogger("guardrails_plugin")
 
 #: what a guard checkpoint needs from a hub repo (no duplicate .bin / original/ weights)
 WEIGHT_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
@@ -122,3 +129,95 @@ def build_engine(cfg: GuardModelConfig, model: GuardModel, *, download: bool = F
     folder = resolve_weights(ref, download=download, name=model.name)
     # named after the hub id / folder, not the cache's snapshot hash
     return TransformersEngine(folder, device=cfg.device, dtype=cfg.dtype, name=ref.rstrip("/").rsplit("/", 1)[-1])
+
+
+class ModelPool:
+    """The configured guard models' adapters and engines, built on first use and shared.
+
+    Built by the Guard and handed to the runner, so a check asks the pool, never the facade.
+    ``engine`` (an ``engine=`` override) replaces the configured engine of every guard model.
+    Engines sit behind their circuit breakers when ``config.circuit.enabled``.
+    """
+
+    def __init__(self, config: GuardConfig, *, engine: Engine | None = None):
+        self.config = config
+        self._models: dict[str, GuardModel] = {}
+        self._engines: dict[tuple[Any, ...], Engine] = {}
+        self._lock = threading.RLock()  # two first checks at once must not load the weights twice
+        #: the override, completed to the Engine protocol now (a TypeError for an object that is
+        #: no engine) and wrapped in its circuit breaker on first use
+        self._given: Engine | None = as_engine(engine) if engine is not None else None
+        self._override: Engine | None = None
+
+    def model(self, name: str) -> GuardModel:
+        """The adapter of the configured guard model ``name`` (names match case-insensitively)."""
+        found = self._models.get(name)
+        if found is not None:
+            return found
+        key = find_model(self.config.models, name)
+        if key is None:
+            raise GuardConfigError(f"no guard model named {name!r} in the config")
+        if key not in self._models:
+            mc = self.config.models[key]
+            model_dir = mc.model if mc.model and Path(mc.model).is_dir() else None
+            # from_config: model id, family options, and a GuardConfigError now (not per check) when
+            # mode fast/cascade meets a family without a fast-scoring spec for this engine
+            self._models[key] = get_model_class(mc.family).from_config(
+                key, mc, mode=self.config.mode, model_dir=model_dir, max_new_tokens=mc.max_new_tokens)
+        return self._models[key]
+
+    def engine(self, name: str, *, download: bool = False) -> Engine:
+        """The engine that runs guard model ``name``; see ``Guard.engine``."""
+        with self._lock:
+            if self._given is not None:
+                if self._override is None:
+                    self._override = self._with_breaker(self._given)
+                return self._override
+            model = self.model(name)
+            mc = self.config.models[model.name]
+            key = engine_key(mc, model)
+            if key not in self._engines:
+                self._engines[key] = self._with_breaker(build_engine(mc, model, download=download))
+            return self._engines[key]
+
+    async def aengine(self, name: str) -> Engine:
+        """``engine(name)``, built in a worker thread on first use: loading weights takes seconds
+        and must not stall the caller's event loop."""
+        if self._override is not None:
+            return self._override
+        model = self.model(name)
+        built = self._engines.get(engine_key(self.config.models[model.name], model))
+        return built if built is not None else await asyncio.to_thread(self.engine, name)
+
+    def describe(self, name: str) -> str:
+        """The engine of guard model ``name`` for logs; never raises, never the API key."""
+        if self._given is not None:
+            return self._given.name
+        try:
+            model = self.model(name)
+            return describe_engine(self.config.models[model.name], model)
+        except GuardConfigError:
+            return "?"
+
+    def _with_breaker(self, engine: Engine) -> Engine:
+        cc = self.config.circuit
+        if not cc.enabled:
+            return engine
+        return BreakerEngine(engine, CircuitBreaker.from_config(engine.name, cc))
+
+    def built(self) -> list[Engine]:
+        """The engines built so far (the override, or one per distinct configuration)."""
+        return [self._override] if self._override is not None else list(self._engines.values())
+
+    def circuit_breakers(self) -> list[CircuitBreaker]:
+        return [e.breaker for e in self.built() if isinstance(e, BreakerEngine)]
+
+    async def aclose(self) -> None:
+        """Close every engine built (an override even when no check used it: it was handed over)."""
+        engines = [self._override or self._given] if self._given is not None else self.built()
+        for e in engines:
+            try:
+                await e.aclose()
+            except Exception:
+                log.exception("closing engine %s failed", e.name)
+        self._engines.clear()

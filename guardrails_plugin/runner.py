@@ -41,11 +41,12 @@ from typing import Any, TypeVar
 from .config import GuardConfig, GuardModelConfig
 from .engines.base import Engine, GenerationRequest, SessionKey
 from .errors import FailureKind, GuardConfigError, GuardEngineError, GuardTimeoutError, ScoringUnsupported
-from .stream.judged import JudgedWindows, context_digest
+from .loading import ModelPool
 from .models.base import GuardModel
 from .models.fast import FastSpec
-from .runtime import we_are_cancelled
 from .models.scoring import to_verdict
+from .runtime import we_are_cancelled
+from .stream.judged import JudgedWindows, context_digest
 from .types import GuardRequest, Stage, Verdict
 from .windowing import Span, clip_context, split_windows
 
@@ -167,20 +168,12 @@ def release_stream(engines: Iterable[Engine], stream: str) -> None:
 
 
 class Runner:
-    """Runs guard models for a Guard. ``model(name)`` gives the adapter of a configured guard
-    model, ``engine(name)`` (awaited) its engine; both come from the Guard, which this module
-    never imports."""
+    """Runs guard models for a Guard. The pool (loading.ModelPool) gives each configured guard
+    model's adapter and engine; the facade is never asked."""
 
-    def __init__(
-        self,
-        config: GuardConfig,
-        *,
-        model: Callable[[str], GuardModel],
-        engine: Callable[[str], Awaitable[Engine]],
-    ):
+    def __init__(self, config: GuardConfig, pool: ModelPool):
         self.config = config
-        self._model = model
-        self._engine = engine
+        self.pool = pool
         self.stats = ScoringStats()
         self.judged = JudgedWindows()
         self._warned: set[str] = set()
@@ -190,7 +183,7 @@ class Runner:
         one failure verdict. Raises only when the calling task itself is cancelled."""
         mc = self.config.models[name]
         try:
-            engine = await self._engine(name)
+            engine = await self.pool.aengine(name)
         except Exception as exc:  # e.g. weights missing: the stage's fail mode, never an exception
             return [engine_failure(name, request.stage, exc, mc.timeout_s)]
         request = fit_context(request, mc.max_input_chars)
@@ -198,7 +191,7 @@ class Runner:
         spans = split_windows(text, mc.max_input_chars, mc.window_overlap_chars)
         stream = request.metadata.get("session_id")
         job = _Job(
-            name=name, model=self._model(name), settings=mc, engine=engine, stage=request.stage,
+            name=name, model=self.pool.model(name), settings=mc, engine=engine, stage=request.stage,
             stream=str(stream) if stream else None,
             windows=[Window(i, (s, e), request.with_target(text[s:e])) for i, (s, e) in enumerate(spans)],
         )

@@ -14,6 +14,7 @@ from guardrails_plugin.engines import Engine, ScriptedEngine, SessionKey, as_eng
 from guardrails_plugin.engines.base import GenerationRequest, ScoreRequest
 from guardrails_plugin.engines.openai_engine import OpenAIEngine
 from guardrails_plugin.errors import GuardEngineError, GuardTimeoutError, ScoringUnsupported
+from guardrails_plugin.loading import ModelPool
 from guardrails_plugin.models import GuardReasoner
 from guardrails_plugin.runner import Runner
 from guardrails_plugin.types import GuardRequest
@@ -141,11 +142,9 @@ async def test_openai_engine_refuses_raw_prefix_scoring_before_any_request() -> 
 
 
 async def test_the_runner_runs_without_a_guard() -> None:
-    engine = ScriptedEngine([GR_HARMFUL])
-
-    async def engine_for(name: str) -> Engine:
-        return engine
-
-    runner = Runner(GuardConfig(), model=lambda name: GuardReasoner(name), engine=engine_for)
+    """A check needs the pool (loading.ModelPool), never the facade: no Guard is built here."""
+    config = GuardConfig()
+    runner = Runner(config, ModelPool(config, engine=ScriptedEngine([GR_HARMFUL])))
     (v,) = await runner.run("GuardReasoner-1B", GuardRequest(stage=Stage.PROMPT, prompt="hi"))
     assert v.ok and v.risk == 1.0 and v.window == (0, 2) and v.guard == "GuardReasoner-1B"
+    assert isinstance(runner.pool.model("guardreasoner-1b"), GuardReasoner)  # names match case-insensitively

@@ -311,8 +311,7 @@ def bench_shape(shape: str, device: str, args: BenchOptions, hw: dict[str, Any])
 def bench_monitor(engine, mn: dict[str, float], args: BenchOptions, hw: dict[str, Any]) -> dict[str, Any]:
     """Checks of a streamed 1,000-token trace every ``check_every`` tokens, fast-scored and fully
     generated, with and without session KV reuse; against one end-of-trace check."""
-    from ..engines.base import GenerationRequest
-    from ..engines.base import ScoreRequest
+    from ..engines.base import GenerationRequest, ScoreRequest
     from ..models.reasoningshield import FAST_PREFIX as REASONINGSHIELD_PREFIX
 
     total = args.monitor_tokens

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 
+from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel
 from .fast import FAST_NOTE, FastReading, FastSpec
-from ..types import GuardRequest, Stage, Verdict
 
 #: protocol answer tokens must hold at least this much next-token probability to count as a verdict
 MIN_MASS = 0.2
