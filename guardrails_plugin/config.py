@@ -32,6 +32,10 @@ FailMode = Literal["closed", "open"]
 EngineKind = Literal["transformers", "openai"]
 Mode = Literal["full", "fast", "cascade"]
 PromptRole = Literal["system", "developer", "user", "assistant", "tool"]
+RedactStrategy = Literal["redact", "mask", "hash", "type"]
+#: the span detectors a ``redaction.detectors`` list may name (redaction/detectors.py maps each onto
+#: Presidio recognizers or detect-secrets patterns)
+DETECTORS = ("email", "phone", "credit_card", "iban", "ssn", "national_id", "ip", "mac", "url", "secret")
 
 #: FlexGuard's rubric thresholds (risk score 20 / 40 / 60 of 100), used for every guard's risk.
 STRICTNESS_THRESHOLDS: dict[str, float] = {"strict": 0.2, "moderate": 0.4, "loose": 0.6}
@@ -102,6 +106,67 @@ class GuardModelConfig(BaseModel):
         return self
 
 
+class CustomDetector(BaseModel):
+    """A regex of your own, found like a built-in detector's entity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str
+    max_chars: int = Field(64, gt=0, description="Longest match: a stream holds back this much.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regex: {exc}") from None
+        return v
+
+
+class RedactionConfig(BaseModel):
+    """How a REDACT edits the text (redaction/): exact spans for data, guard-localised pieces for the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detectors: list[str] | Literal["auto"] = Field(
+        "auto", description="Span detectors for data categories (config.DETECTORS); auto: all of them "
+        "when Presidio is installed (the `redaction` extra), else none. Listing any needs Presidio.",
+    )
+    strategy: RedactStrategy = Field(
+        "redact", description="redact: the placeholder; mask: '*' per character; hash: SHA-256; "
+        "type: <ENTITY> (a guard-localised piece: <CATEGORY>).",
+    )
+    custom: dict[str, str | CustomDetector] = Field(
+        default_factory=dict, description="Your own detectors: name -> regex (or {pattern, max_chars}).",
+    )
+    hash_salt: str | None = Field(
+        None, repr=False, min_length=16, description="hash: a fixed salt (same value, same hash); default a "
+        "random salt per value (Presidio's), so a hashed SSN cannot be found by hashing every SSN.",
+    )
+    data_categories: list[str] = Field(["INF"], description="Categories about data: spans come from detectors.")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="Detector results scored below this are ignored.")
+    localise: bool = Field(True, description="Judge a flagged window's sentences to redact only the flagged ones.")
+    max_pieces: int = Field(16, gt=0, description="Most pieces judged per window (more are merged).")
+    hold_chars: int | None = Field(
+        None, ge=0, description="Streams: text held back behind the judged end (default: the longest "
+        "match of the configured detectors).",
+    )
+    vault: bool = Field(False, description="Prompt stage: restore the original values in the model's answer.")
+    tool_calls: Literal["drop", "edit"] = Field(
+        "drop", description="A tool call whose arguments a REDACT touches: dropped (default) or run edited.",
+    )
+
+    @field_validator("detectors")
+    @classmethod
+    def _known(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            bad = [d for d in v if d not in DETECTORS]
+            if bad:
+                raise ValueError(f"unknown detector(s) {bad}; known: {list(DETECTORS)}")
+        return v
+
+
 class StageConfig(BaseModel):
     """How one stage is guarded."""
 
@@ -119,6 +184,7 @@ class StageConfig(BaseModel):
         "(default: on for the response, off for reasoning).",
     )
     check_every_tokens: int = Field(64, gt=0, description="Streaming check interval.")
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig, description="How a REDACT edits text.")
 
 
 class NotifyConfig(BaseModel):
@@ -357,6 +423,10 @@ class GuardConfig(BaseSettings):
 
     def fail_mode_for(self, stage: Stage | str) -> FailMode:
         return self.stage(stage).fail_mode or self.fail_mode
+
+    def may_redact(self, stage: Stage | str) -> bool:
+        """True when a check of ``stage`` can end in REDACT (its flagged action or a category override)."""
+        return self.stage(stage).flagged_action is Action.REDACT or Action.REDACT in self.category_actions.values()
 
     def hold_back_for(self, stage: Stage | str) -> bool:
         sc = self.stage(stage)

@@ -23,6 +23,7 @@ from .models import GuardModel
 from .observe import Auditor, AuditWriteError, auditor_from_config
 from .observe.explain import explain_failure
 from .policy import Policy
+from .redaction import Redactor
 from .runner import Runner, release_stream
 from .runtime import LoopThread, default_loop
 from .types import Action, Decision, GuardRequest, Stage
@@ -50,6 +51,8 @@ class Guard:
         #: the per-model pipeline (windows, session keys, deadlines, failure verdicts; fast and
         #: cascade counters in ``runner.stats``)
         self.runner = Runner(self.config, self.pool)
+        #: narrows a REDACT to spans (redaction/): detectors for data, the guard itself for the rest
+        self.redactor = Redactor(self.config, self.runner.judge_texts)
         #: called with every Decision (audit, metrics); a hook that raises is logged, not fatal
         self.hooks: list[DecisionHook] = []
         for stage, sc in self.config.stages.items():
@@ -116,6 +119,8 @@ class Guard:
             except ImportError as exc:
                 problems.append(f"guard model {name!r} needs an optional dependency ({exc}); "
                                 "install `pip install 'guardrails-plugin[transformers]'`")
+        if not problems:  # span detectors too: Presidio imports spaCy, seconds a first REDACT must not wait
+            self.redactor.warmup()
         if len(problems) == 1:
             raise GuardConfigError(problems[0])
         if problems:
@@ -229,6 +234,7 @@ class Guard:
                 latency_ms=(time.perf_counter() - start) * 1e3,
                 unguarded=unguarded,
             )
+            decision = await self.redactor.refine(request, decision)
             if decision.failure is not None:
                 decision = self._explain_failure(request, decision)
         if notes:  # what normalising the input changed or skipped, visible on the decision

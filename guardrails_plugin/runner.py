@@ -209,6 +209,25 @@ class Runner:
         known.update((w.index, v) for w, v in zip(todo, fresh, strict=True))
         return [known[w.index] for w in job.windows]
 
+    async def judge_texts(self, name: str, request: GuardRequest, texts: Sequence[str]) -> list[Verdict]:
+        """Verdicts of guard model ``name`` on each of ``texts`` judged alone with ``request``'s
+        query, as one batch (redaction's localising checks): fast scoring where the family has it,
+        else full generation. A failure gives one failure verdict per text."""
+        mc = self.config.models[name]
+        try:
+            engine = await self.pool.aengine(name)
+        except Exception as exc:
+            return [engine_failure(name, request.stage, exc, mc.timeout_s)] * len(texts)
+        model = self.pool.model(name)
+        request = fit_context(request, mc.max_input_chars)
+        job = _Job(name=name, model=model, settings=mc, engine=engine, stage=request.stage, stream=None,
+                   windows=[Window(i, (0, len(t)), request.with_target(t)) for i, t in enumerate(texts)])
+        fast = model.fast_scoring_problem(mc.engine) is None
+        try:
+            return await (self._scored(job, job.windows) if fast else self._full(job, job.windows))
+        except NoVerdict as no:
+            return [no.verdict] * len(texts)
+
     def forget(self, stream: str) -> None:
         """The stream is over: drop what its checks judged."""
         self.judged.forget(stream)

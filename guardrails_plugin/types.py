@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import uuid
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .errors import FailureKind, GuardrailViolation
 
@@ -100,6 +100,33 @@ class Verdict(BaseModel):
         return self.parse_ok and self.failure is None
 
 
+class RedactedSpan(BaseModel):
+    """One span a REDACT replaced: offsets in the judged text, who found it, and what it is. Never
+    the value itself (audit records spans; the text is stored only with ``store_content``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    by: Literal["detector", "guard", "window"] = Field(
+        description="detector: a span detector; guard: a piece the guard flagged on its own; "
+        "window: the whole flagged window (nothing narrower could be had)."
+    )
+    source: str = Field(description="The detector ('email', 'custom:ticket') or the guard model's name.")
+    category: str | None = Field(None, description="Entity (EMAIL_ADDRESS) or guard category (VIO).")
+
+
+class Redaction(BaseModel):
+    """What a REDACT edited and what finding the spans cost."""
+
+    spans: list[RedactedSpan] = Field(default_factory=list)
+    strategy: str = "redact"
+    pieces_judged: int = Field(0, description="Pieces of flagged windows the guard judged to localise.")
+    detect_ms: float = 0.0
+    localise_ms: float = 0.0
+    fallback: str | None = Field(None, description="Why a window was redacted whole (a failure, or no piece flagged).")
+
+
 class Decision(BaseModel):
     """What the policy made of a stage's verdicts."""
 
@@ -126,6 +153,15 @@ class Decision(BaseModel):
         default_factory=list,
         description="What normalising the input changed, e.g. invalid UTF-8 replaced with U+FFFD.",
     )
+    redaction: Redaction | None = Field(None, description="A REDACT's spans (offsets in the judged text).")
+    # the prompt vault's values (redaction/vault.py): never serialised, so never in an audit record
+    _vault: Any = PrivateAttr(default=None)
+
+    @property
+    def vault(self) -> Any:
+        """The prompt stage's Vault (``redaction.vault``): ``vault.restore(answer)`` puts the
+        original values back into the model's answer for the user. None without one."""
+        return self._vault
 
     @property
     def blocked(self) -> bool:
@@ -139,4 +175,4 @@ class Decision(BaseModel):
         return self
 
 
-__all__ = ["Action", "Decision", "FailureKind", "GuardRequest", "Stage", "Verdict"]
+__all__ = ["Action", "Decision", "FailureKind", "GuardRequest", "RedactedSpan", "Redaction", "Stage", "Verdict"]

@@ -74,7 +74,7 @@ def test_every_family_and_stage_blocks_and_allows_through_a_guard(family: str, s
 def test_graded_risk_and_categories_where_the_format_has_them() -> None:
     guard = _guard_on("flexguard", Stage.RESPONSE, escalate_threshold=0.3, category_actions={"INF": "redact"})
     d = _check(guard, Stage.RESPONSE, "Your SSN is 123-45-6789.")
-    assert d.action is Action.REDACT and d.categories == ["INF"] and d.text == "[REDACTED]"
+    assert d.action is Action.REDACT and d.categories == ["INF"] and d.text == "Your SSN is [REDACTED]."
     d = _check(guard, Stage.RESPONSE, "Here is a good lock pick set.")
     assert d.action is Action.ESCALATE and d.risk == 0.35
     # ReasoningShield grades 0 / 0.5 / 1: 0.35 is a 0.5 there, and GuardReasoner says only harmful or not

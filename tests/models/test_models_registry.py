@@ -159,7 +159,9 @@ def test_category_actions_work_across_families(family: str) -> None:
                                     "response": {"guards": ["G"]}})
     with Guard(cfg, engine=ScriptedEngine([CANNED[family]])) as guard:
         d = guard.check_response(prompt="who lives here?", response="Jane Roe, 12 Elm St, SSN 078-05-1120")
-    assert d.action is Action.REDACT and d.categories == ["INF"] and d.text == "[REDACTED]"
+    # INF is about data: the span detectors redact the SSN; names and street addresses are no
+    # detector's (no NER model runs), see docs/redaction.md
+    assert d.action is Action.REDACT and d.categories == ["INF"] and d.text == "Jane Roe, 12 Elm St, SSN [REDACTED]"
 
 
 def test_cli_check_with_a_preset(tmp_path: Path) -> None:
