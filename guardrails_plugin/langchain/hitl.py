@@ -36,14 +36,8 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..observe import (
-    Auditor,
-    AuditStore,
-    Escalation,
-    EscalationAlreadyResolved,
-    EscalationNotFound,
-    content_sha256,
-)
+from ..observe import Auditor, AuditStore, Escalation, EscalationAlreadyResolved, EscalationNotFound
+from ..observe.reviews import edit_note, recheck_metadata, release_refusal, released_edit, user_note
 from ..errors import GuardConfigError, GuardInputError
 from ..types import Action, Decision, Stage
 from ._schema import RESUME_SCHEMA
@@ -54,8 +48,6 @@ ACTION_NAME = "guardrails_escalation"
 ALLOWED = ["approve", "edit", "reject"]
 #: metadata key (on the check, hence on the audit record and the escalation) with the run's ids
 RUN_META = "langgraph"
-#: the review queue's marker of a re-check of a reviewer's edit (review/queue.py REVIEW_META)
-REVIEW_META = "review"
 DEFAULT_RESOLVER = "agent-review"
 
 
@@ -171,23 +163,28 @@ def review(d: Decision, esc_id: int | None, text: str, query: str, related: list
     ends the run with the refusal."""
     ids = [i for i in [esc_id, *(related or [])] if i is not None]
     edited = False  # an edit escalated again: what is approved next is the edit
+    why: str | None = None  # why the last edit was not released, shown with the question again
     while True:
-        answer = parse_review((yield Ask(escalation_request(d, escalation_id=esc_id, text=text))))
+        ask = escalation_request(d, escalation_id=esc_id, text=text)
+        if why:
+            ask["action_requests"][0]["description"] += f" Your last edit was not released: {why}."
+        answer = parse_review((yield Ask(ask)))
         meta = {"escalation_id": esc_id, "kind": answer.kind, "resolver": answer.resolver}
         if answer.kind == "approve":
-            yield Resolve(ids, True, answer.resolver, answer.message)
+            yield Resolve(ids, True, answer.resolver, user_note(answer.message))
             return Outcome(text=text, decision=d, edited=edited, review=meta)
         if answer.kind == "reject":
-            yield Resolve(ids, False, answer.resolver, answer.message)
+            yield Resolve(ids, False, answer.resolver, user_note(answer.message))
             return Outcome(refusal=d, message=answer.message, review=meta)
         edit = answer.text or ""
-        d2, id2 = yield Check(d.stage, edit, query, {REVIEW_META: {**meta, "kind": "edit"}})
-        note = f"[edit sha256:{content_sha256(edit)[:16]} re-checked {d2.action}, risk {d2.risk:.2f}]"
-        note = f"{note} {answer.message}" if answer.message else note
-        if d2.action in (Action.ALLOW, Action.REDACT) or (d2.action is Action.ESCALATE and not d2.hold):
+        d2, id2 = yield Check(d.stage, edit, query, recheck_metadata(esc_id, answer.resolver))
+        note = edit_note(edit, d2, answer.message)
+        why = release_refusal(d2)  # observe/reviews.py: only a real, judged ALLOW releases an edit
+        if why is None:
             yield Resolve(ids, True, answer.resolver, note)  # the review page's edit format
-            return Outcome(text=d2.text if d2.action is Action.REDACT else edit, decision=d2, edited=True,
-                           review={**meta, "recheck": str(d2.action)})
+            return Outcome(text=edit, decision=d2, edited=True, review={**meta, "recheck": str(d2.action)})
+        if d2.action is not Action.BLOCK and not held(d2):
+            continue  # not released (unjudged, a redaction, an unheld escalate): still pending, asked again
         # the edit is not released: the original stays refused, and the run ends or asks again
         yield Resolve(ids, False, answer.resolver, f"{note} (not released)")
         if not held(d2):
@@ -261,12 +258,10 @@ def review_decision(store: AuditStore, escalation_id: int, *, edited_text: str |
     by = {"resolver": esc.resolver} if esc.resolver else {}
     if esc.status == "rejected":
         return {"type": "reject", **({"message": esc.note} if esc.note else {}), **by}
-    released = [r for r in store.records(request_id=esc.request_id)
-                if ((r.metadata or {}).get(REVIEW_META) or {}).get("escalation_id") == esc.id
-                and r.action == Action.ALLOW.value]
-    if not released and edited_text is None:
+    released = released_edit(esc, store.records(request_id=esc.request_id))
+    if released is None and edited_text is None:
         return {"type": "approve", **by}
-    text = edited_text if edited_text is not None else released[-1].content
+    text = edited_text if edited_text is not None else released.content if released is not None else None
     if text is None:
         raise ReviewDecisionError(
             f"escalation {escalation_id} was resolved by an edit whose text the store does not keep "

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 
-from ..observe import content_sha256
+from ..observe.reviews import approved_as_is
 from ..config import GuardConfig
 from ..content import normalize_text
 from ..errors import GuardConfigError, GuardInputError
@@ -307,10 +307,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             target = self.guard.request(Stage.PROMPT, prompt=content).target
         except Exception:  # a bad id or an unreadable store: judge the request as usual
             return None
-        edited = (esc.note or "").startswith("[edit sha256:") if esc is not None else True  # review/queue.py's tag
-        if esc is None or esc.status != "approved" or edited or esc.stage != Stage.PROMPT.value:
-            return None
-        return esc if esc.content_sha256 == content_sha256(target) else None
+        return esc if approved_as_is(esc, Stage.PROMPT, target) else None  # observe/reviews.py
 
     async def _apply_prompt_decision(self, data: dict[str, Any], decision: Decision, prompt: Prompt | None) -> None:
         if decision.blocked:

@@ -84,9 +84,64 @@ def strip_content(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in d.items() if k not in CONTENT_VERDICT_FIELDS} for d in verdicts]
 
 
-#: Metadata key holding the question a reasoning / response check was judged against (stored with
-#: the content, only when content storage is on). Namespaced: request metadata is the caller's.
-QUERY_KEY = "guardrails_plugin.query"
+#: The plugin's own namespace in stored metadata. Request metadata is the caller's and free-form;
+#: what the plugin writes about a request (the question it was judged against, the re-check of a
+#: reviewer's edit, a paused run's ids) is stored under keys starting with this prefix, and only the
+#: plugin can put them there: a caller's key with the prefix is kept, renamed (``CALLER_PREFIX``).
+TRAIL_PREFIX = "guardrails_plugin."
+#: request-metadata key of the plugin's fields (a ``Trail``; any other value there is the caller's)
+TRAIL_KEY = "guardrails_plugin"
+#: a caller's metadata key that would land in the plugin's namespace is stored with this in front
+CALLER_PREFIX = "caller:"
+#: the question an answer or trace was judged against (stored only with content storage on)
+QUERY_KEY = TRAIL_PREFIX + "query"
+
+
+class Trail(dict):  # type: ignore[type-arg]
+    """The plugin's fields about one request, handed to a check as ``metadata[TRAIL_KEY]``.
+
+    Only this type is trusted there: metadata that came over a wire (JSON, a LiteLLM request, a
+    LangChain config) cannot hold it, so a caller cannot write into the plugin's namespace."""
+
+
+def split_metadata(metadata: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(caller's metadata, the plugin's fields)`` of a request's metadata. The plugin's fields
+    are those of a ``Trail`` at ``TRAIL_KEY``; every caller key that names the plugin's namespace
+    (``TRAIL_KEY`` itself or ``guardrails_plugin.*``) is kept under ``caller:<key>``."""
+    caller: dict[str, Any] = {}
+    ours: dict[str, Any] = {}
+    for k, v in dict(metadata or {}).items():
+        key = str(k)
+        if key == TRAIL_KEY and isinstance(v, Trail):
+            ours.update({str(f): x for f, x in v.items()})
+        elif key == TRAIL_KEY or key.startswith(TRAIL_PREFIX):
+            caller[CALLER_PREFIX + key] = v
+        else:
+            caller[key] = v
+    return caller, ours
+
+
+def stored_metadata(metadata: Any, **ours: Any) -> dict[str, Any]:
+    """Request metadata as the audit store (and a webhook) keeps it: the caller's keys, then the
+    plugin's fields as ``guardrails_plugin.<field>`` (``ours`` adds or overrides plugin fields)."""
+    caller, trail = split_metadata(metadata)
+    trail.update({k: v for k, v in ours.items() if v is not None})
+    out = jsonable(caller)
+    if not isinstance(out, dict):
+        out = {"caller": out}
+    out.update({TRAIL_PREFIX + k: _jsonable_or_repr(v) for k, v in trail.items()})
+    return out
+
+
+def trail_of(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The plugin's fields of stored metadata (``{"query": ..., "review": {...}}``)."""
+    n = len(TRAIL_PREFIX)
+    return {k[n:]: v for k, v in (metadata or {}).items() if k.startswith(TRAIL_PREFIX)}
+
+
+def caller_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The caller's part of stored metadata (as sent; nothing the plugin vouches for)."""
+    return {k: v for k, v in (metadata or {}).items() if not k.startswith(TRAIL_PREFIX)}
 
 
 @dataclass
@@ -129,11 +184,11 @@ class AuditRecord:
         drop = set() if store_content else set(CONTENT_VERDICT_FIELDS)
         verdicts = [v.model_dump(mode="json", exclude=drop) for v in decision.verdicts]
         guards = list(dict.fromkeys(v.guard for v in decision.verdicts))
-        metadata = jsonable(dict(request.metadata))
-        if store_content and request.stage is not Stage.PROMPT and request.prompt:
-            # the question an answer or trace was judged against: a reviewer needs it, and a
-            # labelled export needs it as the row's prompt, even when no prompt check was stored
-            metadata.setdefault(QUERY_KEY, request.prompt)
+        # The question an answer or trace was judged against: a reviewer needs it, and a labelled
+        # export needs it as the row's prompt, even when no prompt check was stored. It is the
+        # plugin's field: a caller's metadata cannot replace it (split_metadata).
+        query = request.prompt if store_content and request.stage is not Stage.PROMPT and request.prompt else None
+        metadata = stored_metadata(request.metadata, query=query)
         per_guard: dict[str, float] = {}
         for v in decision.verdicts:  # windows of one guard share a call: keep the slowest
             per_guard[v.guard] = max(per_guard.get(v.guard, 0.0), v.latency_ms)

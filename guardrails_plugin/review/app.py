@@ -23,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.middleware.sessions import SessionMiddleware
 
 from ..observe import STATUSES, AuditStore, EscalationAlreadyResolved, EscalationNotFound
+from ..observe.reviews import reviewer_of
 from ..errors import GuardConfigError
 from ..types import Stage
 from .queue import AGE_FILTERS, ReviewError, ReviewQueue
@@ -65,6 +66,7 @@ def _templates() -> jinja2.Environment:
     )
     env.filters["when"] = _when
     env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
+    env.globals["reviewer_of"] = reviewer_of
     return env
 
 
@@ -231,8 +233,7 @@ def create_app(
                 if out.released:
                     flash(request, "ok", f"Edit re-checked ({d.action}, risk {d.risk:.2f}) and released.")
                 else:
-                    flash(request, "error", f"Edit not released: the guard's re-check says {d.action} "
-                          f"({d.reason}). The escalation stays pending.")
+                    flash(request, "error", f"Edit not released: {out.why}. The escalation stays pending.")
             else:
                 raise _Refused(400, "Bad request", "Unknown action.")
         except EscalationAlreadyResolved as exc:

@@ -8,19 +8,35 @@
 * ``approve`` / ``reject``: one append-only ``resolve`` each (who, when, decision, note).
 * ``edit``: the reviewer's replacement text is checked again by the guard for the escalation's
   stage, and the re-check is recorded as a decision of the same request. The edit is released
-  (the escalation approved, its note naming the edit's hash and the re-check) only when the guard
-  ALLOWs it. Otherwise the escalation stays pending and the reviewer sees why; an edit that the
-  guard escalates again opens its own queue entry (every escalation lands in the queue).
+  (the escalation approved, its note naming the edit's hash and the re-check) only on a real
+  ALLOW (observe/reviews.py ``release_refusal``: not degraded, not a disabled stage). Otherwise
+  the escalation stays pending and the reviewer sees why; an edit that the guard escalates again
+  opens its own queue entry (every escalation lands in the queue).
+* What the page shows as the request's metadata is the caller's (labelled so); the plugin's own
+  fields (the query, the review of an edit) come from its namespace only (records.py ``Trail``).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..observe import QUERY_KEY, AuditRecord, AuditStore, Escalation, EscalationNotFound, content_sha256
+from ..observe import AuditRecord, AuditStore, Escalation, EscalationAlreadyResolved, EscalationNotFound
+from ..observe.reviews import (
+    REVIEW_META,
+    caller_metadata,
+    edit_note,
+    edit_sha,
+    query_of,
+    recheck_metadata,
+    release_refusal,
+    released_edit,
+    review_kind,
+    review_of,
+    trail_of,
+    user_note,
+)
 from ..errors import GuardConfigError, GuardInputError
 from ..types import Action, Decision, Stage
 
@@ -32,9 +48,6 @@ AGE_FILTERS: dict[str, tuple[str, float | None, float | None]] = {
     "gt24h": ("older than 24 hours", 86400.0, None),
     "gt7d": ("older than 7 days", 7 * 86400.0, None),
 }
-#: metadata key marking a decision as the re-check of a reviewer's edit
-REVIEW_META = "review"
-_EDIT_NOTE = re.compile(r"^\[edit sha256:(?P<sha>[0-9a-f]{16}) ")
 
 
 class ReviewError(GuardInputError):
@@ -48,10 +61,11 @@ class EscalationView:
     escalation: Escalation
     record: AuditRecord | None  #: the escalated decision's audit record, when found
     verdicts: list[dict[str, Any]]
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]  #: the caller's metadata (as sent with the request; not the plugin's)
     related: list[AuditRecord] = field(default_factory=list)  #: other decisions of the request
     rechecks: list[AuditRecord] = field(default_factory=list)  #: re-checks of reviewers' edits
     query: str | None = None  #: the user's prompt, when a prompt-stage record of the request stored it
+    trail: dict[str, Any] = field(default_factory=dict)  #: the plugin's own fields of the record
 
     @property
     def kind(self) -> str | None:
@@ -61,8 +75,7 @@ class EscalationView:
     @property
     def released_edit(self) -> AuditRecord | None:
         """The re-check record of the edit that was released, if the decision was an edit."""
-        sha = edit_sha(self.escalation)
-        return next((r for r in self.rechecks if sha and r.content_sha256.startswith(sha)), None)
+        return released_edit(self.escalation, self.rechecks)
 
 
 @dataclass
@@ -70,20 +83,7 @@ class EditOutcome:
     released: bool
     decision: Decision  #: the guard's re-check of the edited text
     escalation: Escalation  #: resolved when released, else still pending
-
-
-def edit_sha(esc: Escalation) -> str | None:
-    """The 16-hex prefix of the released edit's SHA-256, when the escalation was resolved by an edit."""
-    m = _EDIT_NOTE.match(esc.note or "") if esc.status == "approved" else None
-    return m.group("sha") if m else None
-
-
-def review_kind(esc: Escalation) -> str | None:
-    if esc.status == "pending":
-        return None
-    if esc.status == "rejected":
-        return "reject"
-    return "edit" if edit_sha(esc) else "approve"
+    why: str | None = None  #: why the edit was not released (None when it was)
 
 
 def _stage(value: str) -> Stage:
@@ -147,8 +147,8 @@ class ReviewQueue:
     def view(self, id: int) -> EscalationView:
         esc = self.get(id)
         records = self.store.records(request_id=esc.request_id)
-        rechecks = [r for r in records if _review_of(r) == esc.id]
-        others = [r for r in records if _review_of(r) is None]
+        rechecks = [r for r in records if review_of(r) == esc.id]
+        others = [r for r in records if review_of(r) is None]
         own = [r for r in others if r.action == Action.ESCALATE.value and r.stage == esc.stage
                and r.content_sha256 == esc.content_sha256]
         record = min(own, key=lambda r: abs(r.time - esc.time)) if own else None
@@ -156,21 +156,25 @@ class ReviewQueue:
         # The new store keeps verdicts and metadata on the escalation itself; older ones only
         # on the decision record.
         verdicts = list(getattr(esc, "verdicts", None) or (record.verdicts if record else []))
-        metadata = dict(getattr(esc, "metadata", None) or (record.metadata if record else {}))
-        query = next((r.content for r in related if r.stage == Stage.PROMPT.value and r.content), None)
-        if query is None and isinstance(metadata.get(QUERY_KEY), str):
-            query = metadata[QUERY_KEY]  # stored with the record itself (content storage on)
-        return EscalationView(esc, record, verdicts, metadata, related, rechecks, query)
+        stored = dict(getattr(esc, "metadata", None) or (record.metadata if record else {}))
+        # the question the escalated text was judged against (the plugin's field, stored with the
+        # record when content storage is on), else the request's stored prompt check
+        query = query_of(stored)
+        if query is None:
+            query = next((r.content for r in related if r.stage == Stage.PROMPT.value and r.content), None)
+        return EscalationView(esc, record, verdicts, caller_metadata(stored), related, rechecks, query,
+                              trail_of(stored))
 
     # -- deciding --------------------------------------------------------------------------------
     def approve(self, id: int, reviewer: str, note: str | None = None) -> Escalation:
-        return self.store.resolve(id, True, resolver=reviewer, note=_note(note))
+        return self.store.resolve(id, True, resolver=reviewer, note=user_note(note))
 
     def reject(self, id: int, reviewer: str, note: str | None = None) -> Escalation:
-        return self.store.resolve(id, False, resolver=reviewer, note=_note(note))
+        return self.store.resolve(id, False, resolver=reviewer, note=user_note(note))
 
     def edit(self, id: int, reviewer: str, text: str, note: str | None = None) -> EditOutcome:
-        """Re-check ``text`` with the guard; release it (approve) only when the guard allows it."""
+        """Re-check ``text`` with the guard; release it (approve) only on a real ALLOW (not degraded,
+        not a disabled stage); otherwise the escalation stays pending and ``why`` says why."""
         if self.guard is None:
             raise GuardConfigError("edits are checked again before release: start the review app "
                                    "with a guard (`review serve --config guard.yaml`)")
@@ -179,39 +183,22 @@ class ReviewQueue:
         view = self.view(id)
         esc = view.escalation
         if esc.status != "pending":
-            from ..observe import EscalationAlreadyResolved
-
             raise EscalationAlreadyResolved(f"escalation {id} was already {esc.status} by {esc.resolver}")
         stage = _stage(esc.stage)
         fields: dict[str, Any] = {"prompt": text} if stage is Stage.PROMPT else {
             "prompt": view.query or "", stage.value: text}
-        meta = {**view.metadata, REVIEW_META: {"escalation_id": esc.id, "reviewer": reviewer, "kind": "edit"}}
+        meta = recheck_metadata(esc.id, reviewer, "edit", view.metadata)
         request = self.guard.request(stage, request_id=esc.request_id, metadata=meta, **fields)
         decision: Decision = self.guard.check(request)
         # Stored like the original: the edit's text only when the escalation's content was stored.
         record = AuditRecord.from_decision(request, decision, store_content=esc.content is not None)
         self.store.write([record], durable=True)
-        if decision.action is not Action.ALLOW:
-            return EditOutcome(False, decision, esc)
-        tag = (f"[edit sha256:{content_sha256(text)[:16]} re-checked {decision.action}, "
-               f"risk {decision.risk:.2f}]")
-        done = self.store.resolve(id, True, resolver=reviewer, note=f"{tag} {_note(note) or ''}".strip())
+        why = release_refusal(decision)
+        if why is not None:
+            return EditOutcome(False, decision, esc, why)
+        done = self.store.resolve(id, True, resolver=reviewer, note=edit_note(text, decision, note))
         return EditOutcome(True, decision, done)
 
 
-def _note(note: str | None) -> str | None:
-    note = (note or "").strip()
-    if _EDIT_NOTE.match(note):  # a typed note must not pass for the tag of a released edit
-        note = "note: " + note
-    return note or None
-
-
-def _review_of(record: AuditRecord) -> int | None:
-    review = (record.metadata or {}).get(REVIEW_META)
-    if isinstance(review, dict) and isinstance(review.get("escalation_id"), int):
-        return int(review["escalation_id"])
-    return None
-
-
-__all__ = ["AGE_FILTERS", "EditOutcome", "EscalationView", "ReviewError", "ReviewQueue", "edit_sha",
-           "review_kind"]
+__all__ = ["AGE_FILTERS", "REVIEW_META", "EditOutcome", "EscalationView", "ReviewError", "ReviewQueue",
+           "edit_sha", "review_kind"]

@@ -152,8 +152,8 @@ def register(mutation: Callable[..., None]) -> None:
         id="hitl-edit-released-unchecked",
         prop="escalation: edits re-checked",
         path="guardrails_plugin/langchain/hitl.py",
-        old="        if d2.action in (Action.ALLOW, Action.REDACT) or (d2.action is Action.ESCALATE and not d2.hold):",
-        new="        if True or (d2.action is Action.ESCALATE and not d2.hold):",
+        old="        why = release_refusal(d2)  # observe/reviews.py: only a real, judged ALLOW releases an edit",
+        new="        why = None",
         tests=["tests/langchain/test_langchain_hitl.py", "-k", "harmful_edit"],
     )
     # v3 agent stream: answer text waits for its check (the mutant releases it at once).

@@ -30,6 +30,7 @@ from review_support import (
 
 from guardrails_plugin import Action, Stage
 from guardrails_plugin.audit import AuditRecord, open_store
+from guardrails_plugin.observe.reviews import review_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -204,7 +205,7 @@ def test_detail_shows_rationale_raw_output_and_context(site: dict[str, Any]) -> 
     assert "Lock-picking is dual-use" in d.find_element(By.CSS_SELECTOR, "pre.rationale").text
     d.find_element(By.CSS_SELECTOR, "details summary").click()
     assert d.find_element(By.CSS_SELECTOR, "pre.raw").text.endswith("ILG\n45")
-    assert '"user": "u-7"' in by_id(d, "metadata").text
+    assert '"user": "u-7"' in by_id(d, "caller-metadata").text
     assert "allow" in by_id(d, "related").text  # the request's prompt check
 
 
@@ -306,10 +307,10 @@ def test_harmful_edit_is_checked_again_and_held(site: dict[str, Any]) -> None:
     store = open_store(str(site["db"]))
     try:
         recs = [r for r in store.records(request_id=escalation(site, eid).request_id)
-                if r.metadata.get("review")]
+                if review_of(r) is not None]
     finally:
         store.close()
-    assert [(r.action, r.metadata["review"]["escalation_id"]) for r in recs] == [("block", eid)]
+    assert [(r.action, review_of(r)) for r in recs] == [("block", eid)]
 
 
 def test_edit_is_released_after_recheck(site: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from guardrails_plugin import Action, GuardConfigError
 from guardrails_plugin.audit import QUERY_KEY, EscalationAlreadyResolved, EscalationNotFound, open_store
 from guardrails_plugin.cli import app as cli_app
+from guardrails_plugin.observe.reviews import reviewer_of
 from guardrails_plugin.review import ReviewError, ReviewQueue
 from guardrails_plugin.review.app import SESSION_COOKIE, create_app
 from guardrails_plugin.review.security import ReviewAuth
@@ -96,7 +97,7 @@ def test_an_answer_escalation_carries_its_question_without_a_stored_prompt_check
             (esc,) = queue.find()
             view = queue.view(esc.id)
             assert view.query == ("the lone question" if store_content else None)
-            assert (QUERY_KEY in view.metadata) is store_content
+            assert ("query" in view.trail) is store_content and QUERY_KEY not in view.metadata
         finally:
             store.close()
 
@@ -153,7 +154,7 @@ def test_decisions_edits_and_their_records(tmp_path: Path) -> None:
         v = q.view(p)
         assert v.kind == "edit" and v.released_edit is not None and v.released_edit.content == "a harmless rewrite"
         assert [x.action for x in v.rechecks] == ["escalate", "block", "allow"]
-        assert {x.metadata["review"]["reviewer"] for x in v.rechecks} == {"ann"}
+        assert {reviewer_of(x) for x in v.rechecks} == {"ann"}
         # response-stage edits are judged with the request's query
         assert q.edit(r, "ann", "a fine answer").released
         # a typed note cannot pass for the tag of a released edit
