@@ -54,6 +54,7 @@ from ..guard import Guard
 from ..stream import TurnRunner
 from ..types import Action, Decision, Stage
 from .answers import ajudge_for, judge, kind_of
+from .failures import clean_failure
 from .prompt import NO_MODEL_TEXT, Prompt, call_type_name, endpoint, extract
 from .report import CHECK_KEY, Reporter, blocked_exception, client_payload, decision_payload, escalation_id
 from .stream import guard_stream
@@ -354,6 +355,11 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                 if self.on_response_block == "error" or outcome.stop.action is Action.ESCALATE:
                     raise await self._refuse(outcome.stop)
         return response
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                           user_api_key_dict: Any, traceback_str: str | None = None) -> Any:
+        # An upstream error body can quote the answer unjudged: the client gets a clean error (failures.py).
+        return clean_failure(original_exception, self._name(), request_data)
 
     def _refusal_text(self, decision: Decision) -> str:
         return decision.text if decision.blocked else self.guard.config.refusal_message

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..stream import Part, PartKind, TurnRunner, adrive, parts_of
-from ..stream.extract import EventParts
+from ..stream.events import EventParts
 from ..types import Decision, Stage
 
 log = logging.getLogger("guardrails_plugin.litellm")
@@ -126,11 +126,11 @@ class Wire:
         if isinstance(getattr(item, "type", None), str) or (isinstance(item, dict) and "type" in item):
             self.kind = self.kind or "responses"
             return self._unknown_to_stage(self.events(item))
-        return self._unknown_to_stage([Part(PartKind.UNKNOWN, f"stream item of type {type(item).__name__}")])
+        return [Part(PartKind.UNKNOWN_ANSWER, f"stream item of type {type(item).__name__}")]
 
     def _event_parts(self, event: Any) -> list[Part]:
         if event is None:
-            return self._unknown_to_stage([Part(PartKind.UNKNOWN, "an SSE event that is not JSON")])
+            return [Part(PartKind.UNKNOWN_ANSWER, "an SSE event that is not JSON")]
         if isinstance(event, dict) and "choices" in event:
             return self._choice_parts(event)
         return self._unknown_to_stage(self.events(event))

@@ -219,7 +219,9 @@ def split(parts: Iterable[Part], index: int | None = None) -> tuple[str, str, st
     by_kind = {PartKind.REASONING: r, PartKind.ANSWER: a, PartKind.TOOL_CALL: t, PartKind.UNKNOWN: u}
     for p in parts:
         if index is None or p.index == index:
-            by_kind[p.kind].append(p.text)
+            into = by_kind.get(p.kind)  # UNKNOWN_ANSWER: see ajudge
+            if into is not None:
+                into.append(p.text)
     return "".join(r), "".join(a), "".join(t).strip(), u
 
 
@@ -229,9 +231,11 @@ async def ajudge(
 ) -> Verdicts:
     """Check a whole turn: its reasoning and its answer with the tool calls, concurrently.
 
-    BLOCK anywhere, reasoning nobody can read (closed fail mode), or a REDACT of an answer that
+    BLOCK anywhere, reasoning or answer content nobody can read (closed fail mode), or a REDACT of an answer that
     carries tool calls (JSON arguments cannot be edited) refuses the turn."""
+    parts = list(parts)
     r_text, a_text, tools, unknown = split(parts)
+    unknown_answer = [p.text for p in parts if p.kind is PartKind.UNKNOWN_ANSWER]
     # lone surrogates become '?', as Guard.request does
     r_text, a_text, tools = (normalize_text(x, what="output").value for x in (r_text, a_text, tools))
     meta = dict(metadata or {})
@@ -249,6 +253,11 @@ async def ajudge(
         u, r = deps.unreadable(Stage.REASONING, "; ".join(unknown), meta), results.get(Stage.REASONING)
         if u.blocked and (r is None or not r.blocked):
             results[Stage.REASONING] = u
+    judged = Stage.RESPONSE if response else Stage.REASONING if reasoning else None
+    if unknown_answer and judged is not None:  # answer content nobody can read: the fail mode decides
+        u, a = deps.unreadable(judged, "; ".join(unknown_answer), meta), results.get(judged)
+        if u.blocked and (a is None or not a.blocked):
+            results[judged] = u
     for stage in (Stage.REASONING, Stage.RESPONSE):
         d = results.get(stage)
         if d is not None and d.blocked and out.stop is None:

@@ -125,6 +125,10 @@ class TurnGuard:
             elif p.kind is PartKind.UNKNOWN:
                 if self.judges[Stage.REASONING] and not self._unknown(p.text):
                     return []
+            elif p.kind is PartKind.UNKNOWN_ANSWER:  # the response stage's fail mode (else the reasoning's)
+                stage = Stage.RESPONSE if self.judges[Stage.RESPONSE] else Stage.REASONING
+                if self.judges[stage] and not self._unknown(p.text, stage):
+                    return []
             else:
                 seg = choice.segments[-1] if choice.segments else None
                 if seg is not None and self.gate_answer:
@@ -164,12 +168,12 @@ class TurnGuard:
             choice.answer = track
         return track
 
-    def _unknown(self, why: str) -> bool:
-        """Reasoning nobody can read: the reasoning stage's fail mode decides. True to go on."""
+    def _unknown(self, why: str, stage: Stage = Stage.REASONING) -> bool:
+        """Content nobody can read: ``stage``'s fail mode decides. True to go on."""
         if self._unreadable is None:
-            d = Decision(action=Action.BLOCK, stage=Stage.REASONING, text=self._refusal, reason=f"guard_bad_input: {why}")
+            d = Decision(action=Action.BLOCK, stage=stage, text=self._refusal, reason=f"guard_bad_input: {why}")
         else:
-            d = self._unreadable(Stage.REASONING, why)
+            d = self._unreadable(stage, why)
         if stops(d):
             self.abort(d)
             return False

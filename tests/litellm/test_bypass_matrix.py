@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from litellm_support import answer_extras as ax
 from litellm_support.clients import ENDPOINTS, ROLES, Clients, request
 from litellm_support.proxy import MASTER_KEY, start_proxy, start_upstream, write_config
 from litellm_support.upstream import script
@@ -57,6 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             "guardrail": "scripted_guardrail.ScriptedGuardrail", "mode": ["pre_call", "post_call"], "default_on": True,
             "guard_settings": {"stages": STAGES_16, "prompt_roles": ["system", "developer", "user", "tool", "assistant"]}}}],
         litellm_settings={"callbacks": ["slo_logger.slo_logger"]},
+        router_settings={"disable_cooldowns": True},  # the upstream-error rows must not cool the models down
     )
     proxy = start_proxy(cfg, wd, extra_env={"GP_SLO_LOG": str(slo)})
     print(f"\nlitellm proxy startup: {proxy.startup_s:.1f} s")
@@ -244,3 +246,132 @@ def test_decisions_reach_the_standard_logging_object(stack):
     assert ("prompt", "success") in statuses
     assert ("response", "guardrail_intervened") in statuses  # the streamed /v1/messages refusal
     assert ("prompt", "guardrail_intervened") in statuses  # the /v1/responses prompt block
+
+
+# -- beside the content: logprobs, transcripts, refusals, annotations, hosted tools (issue 24, 1-3) ---
+#: (endpoint, extra tag, streamed, SDK arguments): the answer text rides in the extra (answer_extras.py)
+BESIDE = [
+    ("chat", "logprobs", False, {"logprobs": True, "top_logprobs": 1}), ("chat", "logprobs", True, {"logprobs": True}),
+    ("completions", "logprobs", False, {"logprobs": 1}), ("completions", "logprobs", True, {"logprobs": 1}),
+    ("chat", "audio", False, {}), ("chat", "audio", True, {}), ("chat", "refusal-field", False, {}),
+    ("chat", "annotations", False, {}), ("chat", "annotations", True, {}),
+    ("responses", "annotation", False, {}), ("responses", "annotation", True, {}),
+    ("responses", "web-search", False, {}), ("responses", "web-search", True, {}),
+    ("responses", "image-gen", False, {}), ("responses", "image-gen", True, {}),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "extra", "stream", "kw"), BESIDE, ids=[f"{e}-{x}-{'stream' if s else 'whole'}" for e, x, s, _ in BESIDE])
+def test_a_refused_answer_leaves_no_copy_beside_the_content(stack, endpoint, extra, stream, kw):
+    k = key()
+    s = stack["clients"].call(endpoint, request(endpoint, f"[harmful-answer] [{extra}] req-key={k}"), stream=stream, **kw)
+    assert s.status == 200, (s.status, s.raw[:400])
+    sent = seen(stack, k)
+    assert sent is not None and "bomb" in sent["text"]  # the upstream did send it, beside the content
+    assert REFUSED[endpoint] in s.ended and REFUSAL in s.answer, (s.ended, s.raw[-600:])
+    assert "bomb" not in s.raw
+    assert s.payload.get("stage") == "response" or endpoint in ("chat", "completions") and not stream
+
+
+def _extras_seen(endpoint: str, stream: bool, items: list) -> dict:
+    """What a client got beside the content, per kind, from the SDK's parsed objects."""
+    out: dict = {}
+    if endpoint == "chat":
+        for it in items:
+            for c in it.choices:
+                part = c.delta if stream else c.message
+                lp = c.logprobs.model_dump(exclude_none=True)["content"] if c.logprobs else []
+                out.setdefault("logprobs", []).extend(lp)
+                audio = getattr(part, "audio", None)
+                if audio:
+                    a = audio if isinstance(audio, dict) else audio.model_dump(exclude_none=True)
+                    for f, v in a.items():
+                        out.setdefault("audio", {})[f] = out.get("audio", {}).get(f, "") + v if f == "transcript" else v
+                if getattr(part, "annotations", None):
+                    out["annotations"] = [a if isinstance(a, dict) else a.model_dump(exclude_none=True) for a in part.annotations]
+    elif endpoint == "completions":
+        for it in items:
+            for c in it.choices:
+                for f, v in (c.logprobs.model_dump() if c.logprobs else {}).items():
+                    out.setdefault(f, []).extend(v or [])
+    else:
+        resp = items[-1].response if stream else items[0]
+        for item in resp.output:
+            d = item.model_dump(exclude_none=True)
+            if d["type"] in ("web_search_call", "image_generation_call"):
+                out[d["type"]] = d
+            elif d["type"] == "message":
+                out["annotations"] = [a for p in d["content"] for a in p.get("annotations") or ()]
+    return out
+
+
+#: not /v1/completions streamed: LiteLLM 1.108.7 drops the logprobs of text-completion chunks itself
+BENIGN_BESIDE = [(e, x, st, kw) for e, x, st, kw in BESIDE if x != "refusal-field" and not (e == "completions" and st)]
+
+
+@pytest.mark.parametrize(("endpoint", "extra", "stream", "kw"), BENIGN_BESIDE,
+                         ids=[f"{e}-{x}-{'stream' if s else 'whole'}" for e, x, s, _ in BENIGN_BESIDE])
+def test_benign_text_beside_the_content_comes_through_unchanged(stack, endpoint, extra, stream, kw):
+    sc = script("benign")
+    s = stack["clients"].call(endpoint, request(endpoint, f"[benign] [{extra}] q"), stream=stream, **kw)
+    assert s.status == 200 and not any(e in REFUSED.values() for e in s.ended) and not s.payload, s.raw[-600:]
+    got, text = _extras_seen(endpoint, stream, s.items), "".join(sc.content)
+    if endpoint == "chat" and extra == "logprobs":
+        assert got["logprobs"] == ax.chat_logprobs(sc.content)["content"]
+    elif endpoint == "completions":
+        assert got == ax.completion_logprobs(sc.content)
+    elif extra == "audio":
+        assert got["audio"] == {"id": "audio_1", "data": ax.AUDIO_DATA, "expires_at": 1900000000, "transcript": text}
+    elif extra in ("annotations", "annotation"):
+        title = got["annotations"][0]["url_citation"]["title"] if endpoint == "chat" else got["annotations"][0]["title"]
+        assert title == text and s.answer == ax.BENIGN_LINE
+    elif extra == "web-search":
+        assert got["web_search_call"]["action"] == {"type": "search", "query": text}
+    else:
+        assert got["image_generation_call"]["revised_prompt"] == text
+        assert got["image_generation_call"]["result"] == ax.IMAGE_DATA
+
+
+#: fields and events nobody knows: the response stage's fail mode (closed here), benign or not
+UNKNOWN_BESIDE = [("chat", "extra-field", False, "secret_note"), ("responses", "extra-top", False, "secret_note"),
+                  ("responses", "odd-event", True, "telepathy")]
+
+
+@pytest.mark.parametrize(("endpoint", "extra", "stream", "word"), UNKNOWN_BESIDE)
+def test_answer_fields_and_events_nobody_knows_go_to_the_fail_mode(stack, endpoint, extra, stream, word):
+    s = stack["clients"].call(endpoint, request(endpoint, f"[benign] [{extra}] q"), stream=stream)
+    assert s.status == 200 and REFUSED[endpoint] in s.ended and REFUSAL in s.answer, s.raw[-600:]
+    assert word not in s.raw and "Paris" not in s.answer
+    if endpoint == "responses":
+        assert s.payload["reason"] == "guard_bad_input" and s.payload["stage"] == "response"
+
+
+# -- the answer inside an error body (issue 24, finding 4) ------------------------------------------
+ERROR_ROWS = [("/v1/chat/completions", "chat", "true"), ("/v1/chat/completions", "chat", 1),
+              ("/v1/completions", "chat", "true"), ("/v1/messages", "chat", "true"), ("/v1/messages", "chat", 1),
+              ("/v1/chat/completions", "chat", "[upstream-error]"), ("/v1/responses", "oai", "[upstream-error]"),
+              ("/v1/messages", "claude", "[upstream-error]")]
+
+
+@pytest.mark.parametrize(("path", "model", "how"), ERROR_ROWS)
+def test_an_upstream_error_body_never_carries_the_answer(stack, path, model, how):
+    """``stream`` that is not a bool (LiteLLM's non-stream path over a streaming upstream) and an
+    upstream 500 quoting the answer: a clean error, or a refusal before the model is called."""
+    k = key()
+    user = f"[harmful-answer] req-key={k}" + (f" {how}" if how == "[upstream-error]" else "")
+    body = {"model": model, "max_tokens": 64, **({"stream": how} if how != "[upstream-error]" else {})}
+    body |= {"input": user} if path == "/v1/responses" else {"prompt": user} if path == "/v1/completions" else {
+        "messages": [{"role": "user", "content": user}]}
+    r = httpx.post(stack["proxy"].base_url + path, json=body, headers={"Authorization": f"Bearer {MASTER_KEY}"}, timeout=60)
+    assert "bomb" not in r.text and "Original Response" not in r.text, r.text[:600]
+    err = r.json()["error"]
+    if r.status_code == 400:  # refused at the prompt stage: a stream that is not a bool is unreadable
+        assert (err.get("provider_specific_fields") or {}).get("stage") == "prompt" and seen(stack, k) is None, err
+        return
+    if how == "[upstream-error]":
+        assert "bomb" in seen(stack, k)["text"]  # the upstream's error body did quote the answer
+    # every route: the fixed message only (/v1/messages and /v1/completions render the original
+    # exception, scrubbed in place; the others the hook's replacement, 502 with the fields)
+    assert err["message"] == "the model call failed; guardrails-plugin withheld the upstream's error text", err
+    if path in ("/v1/chat/completions", "/v1/responses"):
+        assert r.status_code == 502 and err["provider_specific_fields"]["reason"] == "upstream_error", r.text[:400]

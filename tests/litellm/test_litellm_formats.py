@@ -19,7 +19,8 @@ from litellm_support.scripted_guardrail import scripted_verdict  # noqa: E402
 from guardrails_plugin import Guard, GuardConfig  # noqa: E402
 from guardrails_plugin.engines import ScriptedEngine  # noqa: E402
 from guardrails_plugin.litellm import GuardrailsPluginGuardrail  # noqa: E402
-from guardrails_plugin.stream.extract import EventParts, PartKind  # noqa: E402
+from guardrails_plugin.stream.events import EventParts
+from guardrails_plugin.stream.extract import PartKind  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 HARM = "how to build a bomb"
@@ -147,7 +148,7 @@ def test_event_parts_feed_only_what_the_deltas_did_not_carry():
     think = ep({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}})
     assert [(p.kind, p.text) for p in think] == [(PartKind.REASONING, "hm")]
     assert ep({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "x"}}) == []
-    assert ep({"type": "content_block_start", "index": 2, "content_block": {"type": "hologram"}})[0].kind is PartKind.UNKNOWN
+    assert ep({"type": "content_block_start", "index": 2, "content_block": {"type": "hologram"}})[0].kind is PartKind.UNKNOWN_ANSWER
 
 
 # -- Anthropic SSE cut anywhere ----------------------------------------------------------------------

@@ -88,13 +88,15 @@ def start_upstream(workdir: Path) -> Process:
 
 
 def write_config(workdir: Path, model_list: list[dict[str, Any]], guardrails: list[dict[str, Any]],
-                 litellm_settings: dict[str, Any] | None = None) -> Path:
-    cfg = {
+                 litellm_settings: dict[str, Any] | None = None, router_settings: dict[str, Any] | None = None) -> Path:
+    cfg: dict[str, Any] = {
         "model_list": model_list,
         "guardrails": guardrails,
         "litellm_settings": {"telemetry": False, "drop_params": True, **(litellm_settings or {})},
         "general_settings": {"master_key": "os.environ/LITELLM_MASTER_KEY"},
     }
+    if router_settings:
+        cfg["router_settings"] = router_settings
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

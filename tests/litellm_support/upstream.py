@@ -16,6 +16,9 @@ tests know byte for byte what the upstream sent:
   stops after the harmful sentence and the next one until ``POST /release/XXXXXXXX`` (or 30 s).
 * ``[fast]``: a short benign stream without pacing (benchmarks).
 * ``[summary]`` (with any of the above): Responses reasoning as summary text, not reasoning text.
+* ``[upstream-error]``: HTTP 500 whose error message quotes the answer.
+* answer extras (answer_extras.py): ``[logprobs]``, ``[audio]``, ``[annotations]``, ... put the
+  answer beside the content (logprobs, transcripts, annotation titles, hosted-tool items).
 
 ``n>1`` (chat, completions): choice 0 follows ``[benign]``, every other choice the tag. With
 ``req-key=XXXXXXXX`` in the body the upstream records what it sent for that request:
@@ -33,8 +36,9 @@ import uuid
 from dataclasses import dataclass, field
 
 try:  # run as a script (the proxy tests) or imported as litellm_support.upstream
-    from litellm_support import wire_events
+    from litellm_support import answer_extras, wire_events
 except ImportError:  # pragma: no cover - python upstream.py puts this folder first on sys.path
+    import answer_extras  # type: ignore[no-redef]
     import wire_events  # type: ignore[no-redef]
 
 HARMFUL_SENTENCE = "To be thorough I will explain how to build a bomb at home. "
@@ -92,9 +96,17 @@ def _sse(payload: dict, event: str | None = None) -> bytes:
     return head + b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
-def _chat_chunk(cid: str, model: str, index: int, delta: dict, finish: str | None = None) -> bytes:
+def _chat_chunk(cid: str, model: str, index: int, delta: dict, finish: str | None = None,
+                logprobs: dict | None = None) -> bytes:
+    choice = {"index": index, "delta": delta, "finish_reason": finish, **({"logprobs": logprobs} if logprobs else {})}
     return _sse({"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-                 "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+                 "choices": [choice]})
+
+
+def _sent_text(key: str, value: object) -> str:
+    if key == "tool_calls":
+        return value[0]["function"]["arguments"]  # type: ignore[index]
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _tool_deltas(s: Script) -> list[dict]:
@@ -112,6 +124,11 @@ def _chat_message(s: Script) -> dict:
         msg["tool_calls"] = [{"id": "call_1", "type": "function",
                               "function": {"name": wire_events.TOOL_NAME, "arguments": "".join(s.tool_args)}}]
     return msg
+
+
+async def _aiter(items: list):
+    for x in items:
+        yield x
 
 
 def build_app():  # imported lazily so the module can be imported without starlette
@@ -145,6 +162,17 @@ def build_app():  # imported lazily so the module can be imported without starle
             self.record = seen.setdefault(self.key or "-", {"path": request.url.path, "text": ""})
             self.record["text"] = ""
             self.record["path"] = request.url.path
+            self.record.pop("extras", None)
+            self.extras = answer_extras.extras_of(text, body)
+            self.fails = "[upstream-error]" in text
+
+        def error(self) -> JSONResponse | None:
+            """``[upstream-error]``: HTTP 500 whose body quotes the answer (what an error body can leak)."""
+            if not self.fails:
+                return None
+            self.sent_whole()
+            return JSONResponse({"error": {"message": "upstream failed after writing: " + "".join(self.s.content),
+                                           "type": "server_error"}}, status_code=500)
 
         def sent(self, *texts: str) -> None:
             stats["chunks_sent"] += 1
@@ -172,19 +200,25 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def chat(request: Request):
         body = await request.json()
         t = Turn(request, body)
+        if t.fails:
+            return t.error()
         cid = f"chatcmpl-{t.rid}"
         if not body.get("stream"):
             t.sent_whole()
             return JSONResponse({
                 "id": cid, "object": "chat.completion", "created": int(time.time()), "model": t.model,
                 "choices": [{"index": i, "finish_reason": "tool_calls" if s.tool_args else "stop",
-                             "message": _chat_message(s)} for i, s in enumerate(t.scripts)],
+                             "message": answer_extras.chat_message(_chat_message(answer_extras.visible(s, t.extras)),
+                                                                   s, t.extras, t.record),
+                             **({"logprobs": answer_extras.chat_logprobs(s.content)} if "logprobs" in t.extras else {})}
+                            for i, s in enumerate(t.scripts)],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25},
             })
 
         async def gen():
-            seqs = [[{"reasoning_content": r} for r in s.reasoning] + [{"content": c} for c in s.content]
-                    + _tool_deltas(s) for s in t.scripts]
+            seqs = [answer_extras.chat_deltas([{"reasoning_content": r} for r in s.reasoning]
+                                              + [{"content": c} for c in s.content] + _tool_deltas(s), s, t.extras)
+                    for s in t.scripts]
             for i in range(len(t.scripts)):
                 yield _chat_chunk(cid, t.model, i, {"role": "assistant", "content": ""})
             for step in range(max(len(q) for q in seqs)):
@@ -192,9 +226,9 @@ def build_app():  # imported lazily so the module can be imported without starle
                     if step < len(q):
                         if i == len(seqs) - 1:  # pace the tagged choice's deltas
                             await t.pace(step, "reasoning" if step < len(t.s.reasoning) else "content")
-                        d = q[step]
-                        t.sent(*(v if isinstance(v, str) else v[0]["function"]["arguments"] for v in d.values()))
-                        yield _chat_chunk(cid, t.model, i, d)
+                        d, lp = q[step]
+                        t.sent(*(_sent_text(k, v) for k, v in d.items()))
+                        yield _chat_chunk(cid, t.model, i, d, logprobs=lp)
             for i, s in enumerate(t.scripts):
                 yield _chat_chunk(cid, t.model, i, {}, finish="tool_calls" if s.tool_args else "stop")
             yield b"data: [DONE]\n\n"
@@ -204,6 +238,8 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def completions(request: Request):
         body = await request.json()
         t = Turn(request, body)
+        if t.fails:
+            return t.error()
         cid = f"cmpl-{t.rid}"
 
         def obj(choices: list) -> dict:
@@ -213,7 +249,9 @@ def build_app():  # imported lazily so the module can be imported without starle
         if not body.get("stream"):
             for s in t.scripts:
                 t.sent(*s.content)
-            out = obj([{"index": i, "text": "".join(s.content), "logprobs": None, "finish_reason": "stop"}
+            lp = "logprobs" in t.extras
+            out = obj([{"index": i, "text": "".join(s.content), "finish_reason": "stop",
+                        "logprobs": answer_extras.completion_logprobs(s.content) if lp else None}
                        for i, s in enumerate(t.scripts)])
             out["usage"] = {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}
             return JSONResponse(out)
@@ -225,7 +263,9 @@ def build_app():  # imported lazily so the module can be imported without starle
                         if i == len(t.scripts) - 1:
                             await t.pace(step, "content")
                         t.sent(s.content[step])
-                        yield _sse(obj([{"index": i, "text": s.content[step], "logprobs": None, "finish_reason": None}]))
+                        lp = (answer_extras.completion_logprobs([s.content[step]], len("".join(s.content[:step])))
+                              if "logprobs" in t.extras else None)
+                        yield _sse(obj([{"index": i, "text": s.content[step], "logprobs": lp, "finish_reason": None}]))
             yield _sse(obj([{"index": i, "text": "", "logprobs": None, "finish_reason": "stop"}
                             for i in range(len(t.scripts))]))
             yield b"data: [DONE]\n\n"
@@ -235,14 +275,23 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def responses(request: Request):
         body = await request.json()
         t = Turn(request, body)
+        if t.fails:
+            return t.error()
+        shown = answer_extras.visible(t.s, t.extras)
         if not body.get("stream"):
             t.sent_whole()
-            return JSONResponse(wire_events.responses_body(t.s, t.model, t.summary, t.rid))
+            return JSONResponse(answer_extras.responses_body(
+                wire_events.responses_body(shown, t.model, t.summary, t.rid), t.s, t.extras, t.rid))
 
         async def gen():
-            async for event, payload in wire_events.responses_events(t.s, t.model, t.pace, t.summary, t.rid):
+            events = wire_events.responses_events(shown, t.model, t.pace, t.summary, t.rid)
+            if t.extras:  # spliced into the whole list (the extras' rows are not paced)
+                events = _aiter(answer_extras.responses_events([e async for e in events], t.s, t.extras, t.rid))
+            async for event, payload in events:
                 if event.endswith(".delta"):
                     t.sent(payload["delta"])
+                elif t.extras and event.endswith((".annotation.added", "telepathy_call.completed", "output_item.done")):
+                    t.sent(json.dumps(payload, ensure_ascii=False))
                 yield _sse(payload, event)
 
         return stream(gen())
@@ -250,6 +299,8 @@ def build_app():  # imported lazily so the module can be imported without starle
     async def messages(request: Request):
         body = await request.json()
         t = Turn(request, body)
+        if t.fails:
+            return t.error()
         if not body.get("stream"):
             t.sent_whole()
             return JSONResponse(wire_events.messages_body(t.s, t.model, t.rid))
