@@ -196,3 +196,51 @@ def register(mutation: Callable[..., None]) -> None:
         new="            if True:\n                child.add_handler(",
         tests=["tests/langchain/test_langchain_event_streams.py"],
     )
+
+    # ---- LiteLLM answers (issue 24) -------------------------------------------------------------------
+    # A refused chat choice keeps no copy of its text: the mutant keeps the logprobs (they spell it).
+    mutation(
+        id="litellm-refusal-keeps-logprobs",
+        prop="a refused answer leaves no copy (logprobs)",
+        path="guardrails_plugin/litellm/answers.py",
+        old='                choice.finish_reason = "content_filter"\n                choice.logprobs = None\n',
+        new='                choice.finish_reason = "content_filter"\n',
+        tests=["tests/litellm/test_litellm_answers.py::test_a_refused_chat_choice_keeps_only_the_refusal"],
+    )
+    # Unknown is unsafe, no suffix rule: the mutant passes any event ending like a progress event.
+    mutation(
+        id="events-suffix-rule",
+        prop="unknown answer events to the fail mode",
+        path="guardrails_plugin/stream/events.py",
+        old='        return [Part(_U, f"stream event {kind!r}")]\n\n    # -- whole items',
+        new='        if kind.endswith((".completed", ".in_progress", ".generating", ".searching", ".failed", ".incomplete")):\n'
+            '            return []\n        return [Part(_U, f"stream event {kind!r}")]\n\n    # -- whole items',
+        tests=["tests/litellm/test_litellm_answers.py::test_no_suffix_rule_unknown_events_are_unknown_whatever_their_ending"],
+    )
+    # The answer beside the content: the mutant stops reading audio transcripts.
+    mutation(
+        id="extract-skips-audio-transcript",
+        prop="answer text beside the content is judged",
+        path="guardrails_plugin/stream/extract.py",
+        old="        if isinstance(transcript, str) and transcript:",
+        new="        if False:",
+        tests=["tests/litellm/test_litellm_answers.py"],
+    )
+    # Unknown answer fields meet the response stage's fail mode: the mutant sends them to the reasoning's.
+    mutation(
+        id="turn-unknown-answer-to-reasoning",
+        prop="unknown answer content: the response stage's fail mode",
+        path="guardrails_plugin/stream/drive.py",
+        old="    judged = Stage.RESPONSE if response else Stage.REASONING if reasoning else None",
+        new="    judged = Stage.REASONING if reasoning else Stage.RESPONSE if response else None",
+        tests=["tests/litellm/test_litellm_answers.py::test_an_unknown_answer_field_meets_the_response_stages_fail_mode"],
+    )
+    # An upstream error body never reaches the client: the mutant leaves the original exception's text.
+    mutation(
+        id="failure-hook-keeps-upstream-text",
+        prop="no answer inside an error body",
+        path="guardrails_plugin/litellm/failures.py",
+        old="    scrub(exc)\n",
+        new="",
+        tests=["tests/litellm/test_litellm_answers.py::test_upstream_failures_become_a_clean_error_and_the_proxys_own_stay"],
+    )
