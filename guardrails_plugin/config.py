@@ -96,7 +96,7 @@ class GuardModelConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> GuardModelConfig:
         try:  # the family knows its options
-            get_model_class(self.family).check_options(self.options)
+            get_model_class(self.family).parse_options(self.options)
         except GuardConfigError as exc:
             raise ValueError(str(exc)) from None
         if self.engine == "openai" and not self.base_url:

@@ -22,8 +22,9 @@ from typing import Any
 from .config import GuardConfig, GuardModelConfig, find_model
 from .engines import Engine, as_engine
 from .engines.breaker import BreakerEngine, CircuitBreaker
+from .engines.scripted import ScriptedEngine
 from .errors import GuardConfigError
-from .models import GuardModel, get_model_class
+from .models import GuardModel, families, get_model_class
 
 __all__ = ["ModelPool", "build_engine", "describe_engine", "engine_key", "hub_offline", "resolve_weights"]
 
@@ -147,6 +148,8 @@ class ModelPool:
         #: the override, completed to the Engine protocol now (a TypeError for an object that is
         #: no engine) and wrapped in its circuit breaker on first use
         self._given: Engine | None = as_engine(engine) if engine is not None else None
+        if isinstance(self._given, ScriptedEngine):  # a rules engine answers in our families' formats
+            self._given.use_families(families().values())
         self._override: Engine | None = None
 
     def model(self, name: str) -> GuardModel:

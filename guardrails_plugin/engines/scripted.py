@@ -28,23 +28,13 @@ from .base import EngineBase, GenerationRequest, render_plain
 class CannedFamily(Protocol):
     """What ``from_rules`` needs of a guard family (a ``models.GuardModel`` subclass): its
     variants, stages, prompts and canned answers. Engines sit below the families in the import
-    graph, so the families are handed in (``use_families``), never imported here."""
+    graph, so the families are handed in (``from_rules(families=...)``, or ``use_families`` by the
+    Guard that runs the engine), never imported here."""
 
     variants: dict[str, str]
     stages: frozenset[Stage]
 
     def __call__(self, name: str | None = None) -> Any: ...
-
-
-#: where ``from_rules`` finds every registered family by default; the family registry
-#: (models/registry.py) installs itself here when it is imported
-_family_source: Callable[[], Iterable[CannedFamily]] | None = None
-
-
-def use_families(source: Callable[[], Iterable[CannedFamily]]) -> None:
-    """Make ``source()`` the families ``ScriptedEngine.from_rules`` answers for by default."""
-    global _family_source
-    _family_source = source
 
 
 Responder = Callable[[str], str]
@@ -83,6 +73,8 @@ class ScriptedEngine(EngineBase):
         self.calls = 0  #: number of generate() calls
         self.prompts: list[str] = []  #: every rendered prompt seen, in order
         self.rules: list[tuple[str, Any]] = []  #: the rules of a from_rules engine
+        #: the guard families a from_rules engine answers for (None: not handed in yet)
+        self.families: list[CannedFamily] | None = None
 
     async def generate(
         self, requests: Sequence[GenerationRequest], *, timeout: float | None = None
@@ -124,15 +116,19 @@ class ScriptedEngine(EngineBase):
         ["INF"]}`` (our category codes, for ``category_actions`` such as ``{INF: redact}``), or
         ``"unavailable"`` / ``"unparseable"`` to watch the fail mode. The answer is written in the
         format of the guard family whose prompt arrives (``families``: the GuardModel classes;
-        default every registered one), as far as that format can say it (GuardReasoner has no risk grades or categories)."""
+        by default the families of the Guard it is handed to, see ``use_families``), as far as
+        that format can say it (GuardReasoner has no risk grades or categories)."""
         table = list(rules.items()) if isinstance(rules, Mapping) else list(rules)
         compiled = [(re.compile(p, re.IGNORECASE), _outcome(o)) for p, o in table]
         fallback = _outcome(default)
         probes: list[_Probe] = []
 
         def respond(rendered: str) -> str:
-            if not probes:  # built on first use: the registry is complete by then
-                probes.extend(_probes(families))
+            if not probes:  # built on first use, from the families given or handed in since
+                if engine.families is None:
+                    raise GuardEngineError("ScriptedEngine.from_rules: no guard families to answer for; pass "
+                                           "families= or hand the engine to a Guard")
+                probes.extend(_probes(engine.families))
             found = _match(probes, rendered)
             if found is None:
                 raise GuardEngineError("ScriptedEngine.from_rules: this guard prompt is in no known family's format")
@@ -148,7 +144,14 @@ class ScriptedEngine(EngineBase):
 
         engine = cls(respond, latency_s=latency_s, name="scripted-rules (NOT a guard)")
         engine.rules = table
+        engine.families = list(families) if families is not None else None
         return engine
+
+    def use_families(self, families: Iterable[CannedFamily]) -> None:
+        """The guard families ``from_rules`` answers for when none were given (the Guard that
+        runs this engine hands in its registry); families given to ``from_rules`` are kept."""
+        if self.families is None:
+            self.families = list(families)
 
 
 # -- from_rules: outcomes and family formats -----------------------------------------------------
@@ -207,13 +210,9 @@ class _Probe:
     weight: int  # fixed characters matched: the most specific format wins
 
 
-def _probes(families: Iterable[CannedFamily] | None) -> list[_Probe]:
+def _probes(families: Iterable[CannedFamily]) -> list[_Probe]:
     """One pattern per (family variant, stage): the family's own rendering of marker texts, with
     the markers turned into capture groups."""
-    if families is None:
-        if _family_source is None:
-            raise GuardEngineError("ScriptedEngine.from_rules: no guard families registered (import guardrails_plugin.models)")
-        families = list(_family_source())
     out: list[_Probe] = []
     for fam in families:
         for inst in _variants(fam):

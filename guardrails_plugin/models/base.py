@@ -19,6 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from ..engines.base import GenerationRequest
 from ..errors import GuardConfigError
 from ..types import FailureKind, GuardRequest, Stage, Verdict
@@ -90,6 +92,26 @@ def read_chat_template(model_dir: str | Path | None) -> str | None:
     return None
 
 
+class FamilyOptions(BaseModel):
+    """A family's ``options:`` (none by default). Subclasses add typed fields and validators."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _options_problem(options: type[FamilyOptions], exc: ValidationError) -> str:
+    """One line for the first thing wrong: unknown names listed with the known ones, else the
+    field and pydantic's message (a validator's own message as written)."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    if unknown:
+        known = ", ".join(sorted(options.model_fields)) or "none"
+        return f"unknown option(s) {', '.join(unknown)} (known: {known})"
+    first = errors[0]
+    where = ".".join(str(x) for x in first["loc"])
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 class GuardModel(ABC):
     """Base class of the per-family adapters."""
 
@@ -103,8 +125,9 @@ class GuardModel(ABC):
     stages: ClassVar[frozenset[Stage]] = frozenset(Stage)
     #: what canned_output writes where a format has room for words: never mistaken for a guard
     canned_note: ClassVar[str] = "scripted try-out answer (ScriptedEngine.from_rules), not a guard judgement"
-    #: per-model settings the family accepts (config ``options:``), with their defaults
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    #: per-model settings the family accepts (config ``options:``): a pydantic model with
+    #: ``extra="forbid"``, so a misspelt option is a configuration error, never ignored
+    Options: ClassVar[type[FamilyOptions]] = FamilyOptions
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -128,7 +151,7 @@ class GuardModel(ABC):
         self.model_dir = Path(model_dir) if model_dir else None
         #: the configured hub id or folder (None: the family default); variants are read from it
         self.model_id = model_id or (str(model_dir) if model_dir else None)
-        self.options: dict[str, Any] = self.check_options(options or {})
+        self.options = self.parse_options(options or {})
         self.max_new_tokens = max_new_tokens or self.default_max_new_tokens
 
     @classmethod
@@ -164,16 +187,16 @@ class GuardModel(ABC):
         return model
 
     @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` merged over the defaults; GuardConfigError on names the family does not know.
-        Families override this to validate values (and call it for the names)."""
+    def parse_options(cls, options: Mapping[str, Any] | FamilyOptions) -> Any:
+        """``options`` as the family's ``Options``; one GuardConfigError naming what is wrong."""
+        if isinstance(options, cls.Options):
+            return options
         if not isinstance(options, Mapping):
             raise GuardConfigError(f"{cls.family}: options must be a mapping, got {type(options).__name__}")
-        unknown = sorted(set(options) - set(cls.option_defaults))
-        if unknown:
-            known = ", ".join(sorted(cls.option_defaults)) or "none"
-            raise GuardConfigError(f"{cls.family}: unknown option(s) {', '.join(unknown)} (known: {known})")
-        return {**cls.option_defaults, **options}
+        try:
+            return cls.Options.model_validate(dict(options))
+        except ValidationError as exc:
+            raise GuardConfigError(f"{cls.family}: {_options_problem(cls.Options, exc)}") from None
 
     def variant(self) -> str | None:
         """The ``variants`` key this model is (matched in the configured id or folder, then the

@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 
 FAST_NOTE = "fast score (one forward pass; accuracy against full generation not measured)"
 

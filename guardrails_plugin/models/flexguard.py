@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
 from .fast import FastReading, FastSpec

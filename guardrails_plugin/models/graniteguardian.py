@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from pydantic import StrictBool, field_validator, model_validator
+
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..errors import GuardConfigError, GuardInputError
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel, judged_text
+from .base import FamilyOptions, GuardModel, judged_text
 from .categories import map_categories
 from .fast import FastReading, FastSpec, grouped, weighted
 
@@ -83,59 +83,62 @@ class GraniteGuardian(GuardModel):
         "3.1-2B": "ibm-granite/granite-guardian-3.1-2b",
     }
     default_max_new_tokens = 64  # no-think: an empty think block and the score tag
-    option_defaults: ClassVar[dict[str, Any]] = {
-        "criteria": "harm",  # the authors' default criterion
-        "custom_criteria": None,
-        "custom_scoring_schema": None,
-        "think": False,
-        "version": None,  # None: from the hub id / name, else 3.3
-    }
+    class Options(FamilyOptions):
+        criteria: str = "harm"  #: the authors' default criterion
+        custom_criteria: str | None = None
+        custom_scoring_schema: str | None = None
+        think: StrictBool = False
+        version: str | None = None  #: None: from the hub id / name, else 3.3
+
+        @field_validator("version", mode="before")
+        @classmethod
+        def _version(cls, v: Any) -> str | None:
+            if v is not None and str(v) not in VERSIONS:  # YAML reads 3.3 as a number
+                raise ValueError(f"version must be one of {', '.join(VERSIONS)}")
+            return None if v is None else str(v)
+
+        @model_validator(mode="after")
+        def _consistent(self) -> Any:
+            if self.custom_criteria is None and self.criteria not in CATEGORY_MAP:
+                raise ValueError(f"unknown criteria {self.criteria!r} (known: "
+                                 f"{', '.join(CATEGORY_MAP)}; or set custom_criteria)")
+            for key in ("custom_criteria", "custom_scoring_schema"):
+                value = getattr(self, key)
+                if value is not None and not value.strip():
+                    raise ValueError(f"{key} must be a non-empty string")
+            if self.version is not None and self.version != "3.3" and self.think:
+                raise ValueError("think mode is new in 3.3")
+            return self
+
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.options["think"] and kwargs.get("max_new_tokens") is None:
+        if self.options.think and kwargs.get("max_new_tokens") is None:
             self.max_new_tokens = 2048  # the authors' SamplingParams(max_tokens=2048)
         elif self.version() != "3.3" and kwargs.get("max_new_tokens") is None:
             self.max_new_tokens = 20  # "Yes" / "No" (+ a 3.2 confidence tag)
-        crit = self.options["criteria"]
-        if self.version() != "3.3" and not self.options["custom_criteria"] and crit in LEGACY_UNSUPPORTED:
+        crit = self.options.criteria
+        if self.version() != "3.3" and not self.options.custom_criteria and crit in LEGACY_UNSUPPORTED:
             raise GuardConfigError(f"{self.family} {self.version()}: criterion {crit!r} needs the 3.1/3.2 "
                                    "'context' / 'tools' roles, which this adapter does not build; use 3.3")
-        if self.version() != "3.3" and self.options["think"]:
+        if self.version() != "3.3" and self.options.think:
             raise GuardConfigError(f"{self.family}: think mode is new in 3.3 (this model is {self.version()})")
-        if self.options["custom_criteria"]:
+        if self.options.custom_criteria:
             self.stages = frozenset(Stage)  # type: ignore[misc]
         elif crit in PROMPT_ONLY:
             self.stages = frozenset({Stage.PROMPT})  # type: ignore[misc]
         elif crit in RESPONSE_ONLY:
             self.stages = frozenset({Stage.REASONING, Stage.RESPONSE})  # type: ignore[misc]
 
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        m = super().check_options(options)
-        if m["custom_criteria"] is None and m["criteria"] not in CATEGORY_MAP:
-            raise GuardConfigError(f"{cls.family}: unknown criteria {m['criteria']!r} (known: "
-                                   f"{', '.join(CATEGORY_MAP)}; or set custom_criteria)")
-        for key in ("custom_criteria", "custom_scoring_schema"):
-            if m[key] is not None and (not isinstance(m[key], str) or not m[key].strip()):
-                raise GuardConfigError(f"{cls.family}: {key} must be a non-empty string")
-        if not isinstance(m["think"], bool):
-            raise GuardConfigError(f"{cls.family}: think must be true or false")
-        if m["version"] is not None and str(m["version"]) not in VERSIONS:
-            raise GuardConfigError(f"{cls.family}: version must be one of {', '.join(VERSIONS)}")
-        if m["version"] is not None and str(m["version"]) != "3.3" and m["think"]:
-            raise GuardConfigError(f"{cls.family}: think mode is new in 3.3")
-        return m
-
     def version(self) -> str:
-        if self.options["version"] is not None:
-            return str(self.options["version"])
+        if self.options.version is not None:
+            return str(self.options.version)
         v = self.variant()
         return v.split("-", 1)[0] if v else "3.3"
 
     # -- input --------------------------------------------------------------------------------
     def build_messages(self, request: GuardRequest) -> list[dict[str, str]]:
-        crit = None if self.options["custom_criteria"] else self.options["criteria"]
+        crit = None if self.options.custom_criteria else self.options.criteria
         if request.stage is Stage.PROMPT:
             return [{"role": "user", "content": request.prompt}]
         if crit == "groundedness":  # the authors judge the answer alone against the documents
@@ -145,21 +148,21 @@ class GraniteGuardian(GuardModel):
     def guardian_config(self) -> dict[str, str]:
         o = self.options
         if self.version() != "3.3":  # 3.1 / 3.2: "risk" vocabulary
-            if o["custom_criteria"]:
-                return {"risk_name": "custom", "risk_definition": o["custom_criteria"]}
-            return {"risk_name": o["criteria"]}
-        if o["custom_criteria"]:
-            cfg = {"custom_criteria": o["custom_criteria"]}
-            if o["custom_scoring_schema"]:
-                cfg["custom_scoring_schema"] = o["custom_scoring_schema"]
+            if o.custom_criteria:
+                return {"risk_name": "custom", "risk_definition": o.custom_criteria}
+            return {"risk_name": o.criteria}
+        if o.custom_criteria:
+            cfg = {"custom_criteria": o.custom_criteria}
+            if o.custom_scoring_schema:
+                cfg["custom_scoring_schema"] = o.custom_scoring_schema
             return cfg
-        return {"criteria_id": o["criteria"]}
+        return {"criteria_id": o.criteria}
 
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         kwargs: dict[str, Any] = {"guardian_config": self.guardian_config()}
         if self.version() == "3.3":
-            kwargs["think"] = bool(self.options["think"])
-        crit = self.options["criteria"] if not self.options["custom_criteria"] else None
+            kwargs["think"] = bool(self.options.think)
+        crit = self.options.criteria if not self.options.custom_criteria else None
         docs = request.metadata.get("documents")
         if crit in NEEDS_DOCUMENTS and not docs:
             raise GuardInputError(f"{self.name}: criterion {crit!r} needs request.metadata['documents']")
@@ -191,7 +194,7 @@ class GraniteGuardian(GuardModel):
             rationale = f"confidence: {conf.group(1)}" if conf else None
         if value not in ("yes", "no"):
             return self.unparseable(text, stage, f"score {value[:30]!r} is not yes/no")
-        crit = "custom" if self.options["custom_criteria"] else self.options["criteria"]
+        crit = "custom" if self.options.custom_criteria else self.options.criteria
         yes = value == "yes"
         return Verdict(
             guard=self.name,
@@ -220,7 +223,7 @@ class GraniteGuardian(GuardModel):
         gen = self.build_input(request)
         req = dataclasses.replace(gen, max_new_tokens=1)
         cands = tuple(c for group in YES_NO.values() for c in group)
-        crit = "custom" if self.options["custom_criteria"] else self.options["criteria"]
+        crit = "custom" if self.options.custom_criteria else self.options.criteria
         cats = map_categories([crit], CATEGORY_MAP)
 
         def read(res: ScoreResult) -> FastReading:

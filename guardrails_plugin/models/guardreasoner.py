@@ -18,8 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields
 from .fast import FastReading, FastSpec, weighted

@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
-from ..errors import GuardConfigError
+from pydantic import field_validator
+
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel, judged_text, neutralize_fields, read_chat_template
+from .base import FamilyOptions, GuardModel, judged_text, neutralize_fields, read_chat_template
 from .categories import map_categories
 from .fast import FastReading, FastSpec, weighted
 
@@ -92,7 +91,21 @@ class LlamaGuard3(GuardModel):
     variants = {"1B": "meta-llama/Llama-Guard-3-1B", "8B": "meta-llama/Llama-Guard-3-8B"}
     # Meta's 1B notebook generates 20 tokens; "\n\n" + "unsafe" + 14 codes can need ~32.
     default_max_new_tokens = 32
-    option_defaults: ClassVar[dict[str, Any]] = {"excluded_categories": []}
+    class Options(FamilyOptions):
+        #: category codes the guard is told to ignore (the template's excluded_category_keys)
+        excluded_categories: tuple[str, ...] = ()
+
+        @field_validator("excluded_categories", mode="before")
+        @classmethod
+        def _codes(cls, excl: Any) -> tuple[str, ...]:
+            if not isinstance(excl, (list, tuple)) or not all(isinstance(c, str) for c in excl):
+                raise ValueError("excluded_categories must be a list of codes like 'S9'")
+            norm = tuple(c.strip().upper() for c in excl)
+            bad = [c for c in norm if c not in CATEGORY_NAMES]
+            if bad:
+                raise ValueError(f"unknown category code(s) {bad} (S1..S14)")
+            return norm
+
     #: codes the model may emit, per variant (3-1B: S1..S13, card and llama-stack) [card][code]
     codes_by_variant: ClassVar[dict[str | None, tuple[str, ...]]] = {
         "1B": tuple(f"S{i}" for i in range(1, 14)),
@@ -102,18 +115,6 @@ class LlamaGuard3(GuardModel):
     #: field markers the template writes before each message (see models.base.neutralize_fields)
     fields: ClassVar[tuple[str, ...]] = ("User", "Agent")
     score_prefix: ClassVar[str] = SCORE_PREFIX
-
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        merged = super().check_options(options)
-        excl = merged["excluded_categories"]
-        if not isinstance(excl, (list, tuple)) or not all(isinstance(c, str) for c in excl):
-            raise GuardConfigError(f"{cls.family}: excluded_categories must be a list of codes like 'S9'")
-        norm = [c.strip().upper() for c in excl]
-        bad = [c for c in norm if c not in CATEGORY_NAMES]
-        if bad:
-            raise GuardConfigError(f"{cls.family}: unknown category code(s) {bad} (S1..S14)")
-        return {**merged, "excluded_categories": norm}
 
     # -- input --------------------------------------------------------------------------------
     def typed_parts(self) -> bool:
@@ -143,7 +144,7 @@ class LlamaGuard3(GuardModel):
     def template_kwargs(self) -> dict[str, Any]:
         # Always passed, as Meta's 1B notebook does (``excluded_category_keys=[]``); a template that
         # does not read it (3-8B's) ignores it.
-        return {"excluded_category_keys": list(self.options["excluded_categories"])}
+        return {"excluded_category_keys": list(self.options.excluded_categories)}
 
     def build_input(self, request: GuardRequest) -> GenerationRequest:
         return GenerationRequest(
@@ -170,7 +171,7 @@ class LlamaGuard3(GuardModel):
             return Verdict(guard=self.name, stage=stage, risk=0.0, harmful=False, label="safe", raw_output=text)
         # "unsafe" alone (seen from Llama Guard 4) still means unsafe; codes are optional.
         codes = list(dict.fromkeys(f"S{int(n)}" for n in _CODE.findall(lines[1]))) if len(lines) > 1 else []
-        excluded = set(self.options["excluded_categories"])
+        excluded = set(self.options.excluded_categories)
         if codes and set(codes) <= excluded:
             # llama-stack: a violation of excluded categories only is no violation.
             return Verdict(guard=self.name, stage=stage, risk=0.0, harmful=False, label="safe",

@@ -20,7 +20,7 @@ still checked first), ``SCORE_PREFIX`` (the blank line before the label), ``CODE
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .base import read_chat_template
 from .llamaguard3 import LlamaGuard3
@@ -40,7 +40,6 @@ class LlamaGuard4(LlamaGuard3):
     default_model_id = "meta-llama/Llama-Guard-4-12B"
     variants = {"12B": "meta-llama/Llama-Guard-4-12B"}
     default_max_new_tokens = 32  # the blog uses 10; room for "\n\n" and a list of codes
-    option_defaults: ClassVar[dict[str, Any]] = {"excluded_categories": []}
     codes_by_variant: ClassVar[dict[str | None, tuple[str, ...]]] = {"12B": CODES, None: CODES}
     score_prefix: ClassVar[str] = SCORE_PREFIX
 

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
-from ..errors import GuardConfigError
+from pydantic import field_validator
+
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel, judged_text, neutralize_fields
+from .base import FamilyOptions, GuardModel, judged_text, neutralize_fields
 from .categories import map_categories
 from .fast import FastReading, FastSpec, weighted
 
@@ -75,20 +74,22 @@ class Qwen3Guard(GuardModel):
         "Gen-8B": "Qwen/Qwen3Guard-Gen-8B",
     }
     default_max_new_tokens = 128  # the authors' README and eval_gen.py
-    option_defaults: ClassVar[dict[str, Any]] = {"controversial_risk": CONTROVERSIAL_RISK}
+    class Options(FamilyOptions):
+        #: the risk a "Controversial" verdict carries (0.3: in the escalate band by default)
+        controversial_risk: float = CONTROVERSIAL_RISK
+
+        @field_validator("controversial_risk", mode="before")
+        @classmethod
+        def _risk(cls, r: Any) -> float:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
+                raise ValueError(f"controversial_risk must be a number in [0, 1], got {r!r}")
+            return float(r)
+
     #: the template prints "USER: ..." then "\n\nASSISTANT: ..." (see models.base.neutralize_fields)
     fields: ClassVar[tuple[str, ...]] = ("USER", "ASSISTANT")
 
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        merged = super().check_options(options)
-        r = merged["controversial_risk"]
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
-            raise GuardConfigError(f"{cls.family}: controversial_risk must be a number in [0, 1], got {r!r}")
-        return {**merged, "controversial_risk": float(r)}
-
     def risks(self) -> dict[str, float]:
-        return {"Safe": 0.0, "Unsafe": 1.0, "Controversial": self.options["controversial_risk"]}
+        return {"Safe": 0.0, "Unsafe": 1.0, "Controversial": self.options.controversial_risk}
 
     def build_messages(self, request: GuardRequest) -> list[dict[str, str]]:
         """The conversation to judge; content inserted as-is (the template does not strip)."""
@@ -139,7 +140,7 @@ class Qwen3Guard(GuardModel):
     def fast_spec(self, request: GuardRequest) -> FastSpec:
         gen = self.build_input(request)
         req = dataclasses.replace(gen, assistant_prefix=SCORE_PREFIX, max_new_tokens=1)
-        risks = dict(zip(SCORE_CANDIDATES, (0.0, 1.0, self.options["controversial_risk"]), strict=True))
+        risks = dict(zip(SCORE_CANDIDATES, (0.0, 1.0, self.options.controversial_risk), strict=True))
 
         def read(res: ScoreResult) -> FastReading:
             probs = {c: res.at_prefix.prob(c, SCORE_CANDIDATES) for c in SCORE_CANDIDATES}

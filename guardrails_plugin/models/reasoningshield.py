@@ -12,8 +12,7 @@ import re
 from functools import cache, cached_property
 from importlib import resources
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
 from .base import GuardModel, neutralize_fields

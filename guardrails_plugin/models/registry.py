@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..engines.scripted import use_families
 from ..errors import GuardConfigError
 from .base import FAMILIES, GuardModel
 
@@ -82,16 +81,12 @@ def check_family(family: Any) -> str:
     raise ValueError(f"unknown guard family {family!r}; known families: {', '.join(FAMILIES)}")
 
 
-def check_options(family: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The family's options merged over its defaults; ValueError naming the bad option."""
+def parse_options(family: str, options: Mapping[str, Any]) -> Any:
+    """The family's typed ``Options`` for ``options``; ValueError naming the bad option."""
     try:
-        return FAMILIES[family].check_options(options)
+        return FAMILIES[family].parse_options(options)
     except GuardConfigError as exc:
         raise ValueError(str(exc)) from None
 
 
-# ScriptedEngine.from_rules answers in every registered family's format; engines sit below the
-# families in the import graph, so the registry hands itself down.
-use_families(lambda: list(FAMILIES.values()))
-
-__all__ = ["check_family", "check_options", "families", "family_names", "get_model_class", "presets", "resolve"]
+__all__ = ["check_family", "parse_options", "families", "family_names", "get_model_class", "presets", "resolve"]

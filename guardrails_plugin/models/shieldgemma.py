@@ -26,11 +26,12 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from ..engines.base import GenerationRequest
-from ..engines.base import ScoreRequest, ScoreResult
+from pydantic import model_validator
+
+from ..engines.base import GenerationRequest, ScoreRequest, ScoreResult
 from ..errors import GuardConfigError
 from ..types import GuardRequest, Stage, Verdict
-from .base import GuardModel, judged_text, neutralize_fields
+from .base import FamilyOptions, GuardModel, judged_text, neutralize_fields
 from .categories import map_categories
 from .fast import FastReading, FastSpec, weighted
 
@@ -68,33 +69,36 @@ class ShieldGemma(GuardModel):
     default_model_id = "google/shieldgemma-2b"
     variants = {"2B": "google/shieldgemma-2b", "9B": "google/shieldgemma-9b", "27B": "google/shieldgemma-27b"}
     default_max_new_tokens = 4  # the verdict is the first word; the card scores, never generates
-    option_defaults: ClassVar[dict[str, Any]] = {"guideline": "dangerous_content", "custom_guideline": None}
+    class Options(FamilyOptions):
+        #: one of the card's four harm types (PROMPT_GUIDELINES)
+        guideline: str = "dangerous_content"
+        #: your own policy text: one string, or {prompt: ..., response: ...}
+        custom_guideline: str | dict[str, str] | None = None
+
+        @model_validator(mode="after")
+        def _known(self) -> Any:
+            custom = self.custom_guideline
+            if custom is not None:
+                ok = isinstance(custom, str) and custom.strip() or (
+                    isinstance(custom, dict) and set(custom) <= {"prompt", "response"}
+                    and all(isinstance(v, str) and v.strip() for v in custom.values()) and custom
+                )
+                if not ok:
+                    raise ValueError("custom_guideline must be a string or {prompt: str, response: str}")
+            elif self.guideline not in PROMPT_GUIDELINES:
+                raise ValueError(f"unknown guideline {self.guideline!r} "
+                                 f"(known: {', '.join(PROMPT_GUIDELINES)}; or set custom_guideline)")
+            return self
+
     #: the template prints "Human Question: " then "Chatbot Response: " (models.base.neutralize_fields)
     fields: ClassVar[tuple[str, ...]] = ("Human Question", "Chatbot Response")
 
-    @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        m = super().check_options(options)
-        custom = m["custom_guideline"]
-        if custom is not None:
-            ok = isinstance(custom, str) and custom.strip() or (
-                isinstance(custom, Mapping) and set(custom) <= {"prompt", "response"}
-                and all(isinstance(v, str) and v.strip() for v in custom.values()) and custom
-            )
-            if not ok:
-                raise GuardConfigError(f"{cls.family}: custom_guideline must be a string or "
-                                       "{prompt: str, response: str}")
-        elif m["guideline"] not in PROMPT_GUIDELINES:
-            raise GuardConfigError(f"{cls.family}: unknown guideline {m['guideline']!r} "
-                                   f"(known: {', '.join(PROMPT_GUIDELINES)}; or set custom_guideline)")
-        return m
-
     def guideline_name(self) -> str:
-        return "custom" if self.options["custom_guideline"] is not None else str(self.options["guideline"])
+        return "custom" if self.options.custom_guideline is not None else str(self.options.guideline)
 
     def guideline(self, stage: Stage) -> str:
         """The guideline text for ``stage`` (prompt-only wording for prompts, else prompt-response)."""
-        custom = self.options["custom_guideline"]
+        custom = self.options.custom_guideline
         mode = "prompt" if stage is Stage.PROMPT else "response"
         if isinstance(custom, str):
             return custom
@@ -104,7 +108,7 @@ class ShieldGemma(GuardModel):
                 raise GuardConfigError(f"{self.name}: custom_guideline has no {mode!r} wording")
             return str(text)
         table = PROMPT_GUIDELINES if mode == "prompt" else RESPONSE_GUIDELINES
-        return table[self.options["guideline"]]
+        return table[self.options.guideline]
 
     def build_messages(self, request: GuardRequest) -> list[dict[str, str]]:
         if request.stage is Stage.PROMPT:

@@ -108,3 +108,21 @@ def test_outages_garbage_and_unknown_formats_go_to_the_fail_mode() -> None:
 def test_malformed_rules_fail_when_the_engine_is_built(bad: object) -> None:
     with pytest.raises(ValueError):
         ScriptedEngine.from_rules({"x": bad})  # type: ignore[dict-item]
+
+
+async def test_families_are_handed_in_not_found_through_an_import_time_global() -> None:
+    """Engines sit below the families: a rules engine knows only the families given to it or
+    handed in by the Guard that runs it, and says so when it has none."""
+    from guardrails_plugin.engines import GenerationRequest
+    from guardrails_plugin.errors import GuardEngineError
+
+    alone = ScriptedEngine.from_rules(RULES)
+    assert alone.families is None
+    with pytest.raises(GuardEngineError, match="no guard families"):
+        await alone.generate([GenerationRequest(prompt="anything")])
+    guard = Guard(engine=alone)  # the Guard hands in its registry
+    assert alone.families is not None and set(alone.families) == set(_families())
+    assert guard.check_prompt("say hello").action is Action.ALLOW
+    only_rs = ScriptedEngine.from_rules(RULES, families=[get_model_class("reasoningshield")])
+    Guard(engine=only_rs)
+    assert only_rs.families == [get_model_class("reasoningshield")]  # what the caller gave is kept

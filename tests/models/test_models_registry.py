@@ -179,3 +179,28 @@ def test_cli_check_with_a_preset(tmp_path: Path) -> None:
     assert r.exit_code == 0 and json.loads(r.stdout)["action"] == "allow"
     r = run(app, ["check", "-m", "qwen3guard-gen-0.6b", "x", "--prompt", "y"])
     assert r.exit_code == 2 and "once" in r.output
+
+
+def test_family_options_are_typed_frozen_and_forbid_unknown_names() -> None:
+    """Each family's options are one pydantic model with extra="forbid": a typo is an error that
+    names the known options, a value is checked by its type, and a built adapter's options cannot
+    be changed behind the policy's back."""
+    import pydantic
+
+    from guardrails_plugin.models.base import FamilyOptions
+
+    for fam in FAMILIES.values():
+        assert issubclass(fam.Options, FamilyOptions) and fam.Options.model_config["extra"] == "forbid", fam
+    with pytest.raises(GuardConfigError, match=r"unknown option\(s\) critera \(known: criteria, custom_criteria"):
+        GuardConfig.build(models={"G": {"family": "graniteguardian", "options": {"critera": "harm"}}})
+    with pytest.raises(GuardConfigError, match="think"):
+        GuardConfig.build(models={"G": {"family": "graniteguardian", "options": {"think": "yes"}}})
+    with pytest.raises(GuardConfigError, match=r"unknown option\(s\) anything \(known: none\)"):
+        GuardConfig.build(models={"G": {"family": "reasoningshield", "options": {"anything": 1}}})
+    gg = GraniteGuardian(options={"version": 3.2})  # YAML reads 3.2 as a number
+    assert gg.options.version == "3.2" and gg.version() == "3.2"
+    lg = LlamaGuard3(options={"excluded_categories": ["s9"]})
+    assert lg.options.excluded_categories == ("S9",)
+    with pytest.raises(pydantic.ValidationError):
+        lg.options.excluded_categories = ()  # type: ignore[misc]
+    assert LlamaGuard3.parse_options(lg.options) is lg.options  # typed options pass through
