@@ -10,6 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import fake_openai_server
+from fake_openai_server import free_port
+
 from guardrails_plugin import Guard, GuardConfig
 from guardrails_plugin.engines import ScriptedEngine
 
@@ -127,13 +130,8 @@ class Receiver:
 
 
 def dead_url() -> str:
-    """A loopback URL nothing listens on (connection refused)."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    """A loopback webhook URL nothing listens on (connection refused)."""
+    return fake_openai_server.dead_url() + "/hook"
 
 
 # -- the review server and a headless Chromium ----------------------------------------------------
@@ -172,14 +170,6 @@ def start_chromium(profile: Path) -> Any:
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
     return driver
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_review_server(db: Path, workdir: Path, *args: str) -> tuple[Any, str]:

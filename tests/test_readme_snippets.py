@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_openai_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP_DIRS = {".git", ".venv", "node_modules", ".pytest_cache", "build", "dist"}
@@ -101,12 +101,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _with_port(code: str, old: str, new: int) -> str:
     return re.sub(rf"(:|--port\s+){re.escape(old)}\b", rf"\g<1>{new}", code)
 
@@ -171,7 +165,7 @@ def test_marked_snippets_run_and_print_what_the_docs_show(path: Path, tmp_path: 
         for b in blocks:
             if b.kind == "serve":
                 old = b.args["port"]
-                ports[old] = _free_port()
+                ports[old] = free_port()
                 servers.append(Server(Block(b.kind, b.lang, _with_port(b.code, old, ports[old]), b.line, b.args),
                                       ports[old], tmp_path / f"serve-{b.line}.log"))
             elif b.kind == "guard-config":

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,11 @@ from typing import Any
 
 import httpx
 import yaml
+from fake_openai_server import free_port
 
 SUPPORT_DIR = Path(__file__).resolve().parent
 REPO = SUPPORT_DIR.parents[1]
 MASTER_KEY = "sk-guardrails-plugin-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(extra_pythonpath: list[Path]) -> dict[str, str]:
