@@ -31,7 +31,12 @@ Strictness = Literal["strict", "moderate", "loose"]
 FailMode = Literal["closed", "open"]
 EngineKind = Literal["transformers", "openai"]
 Mode = Literal["full", "fast", "cascade"]
-PromptRole = Literal["system", "developer", "user", "assistant", "tool"]
+#: "tools": request fields the model reads beside the messages (tool definitions, schemas,
+#: predictions, documents, prompt variables), judged like a system message
+PromptRole = Literal["system", "developer", "user", "assistant", "tool", "tools"]
+#: the default: every role a client can fill is client text (a forged assistant prefill or tool
+#: result is a classic jailbreak)
+ALL_PROMPT_ROLES: tuple[str, ...] = ("system", "developer", "user", "assistant", "tool", "tools")
 RedactStrategy = Literal["redact", "mask", "hash", "type"]
 #: the span detectors a ``redaction.detectors`` list may name (redaction/detectors.py maps each onto
 #: Presidio recognizers or detect-secrets patterns)
@@ -339,9 +344,11 @@ class GuardConfig(BaseSettings):
     )
     escalation_hold: bool = Field(False, description="Hold (block) escalated content until reviewed.")
     prompt_roles: list[PromptRole] = Field(
-        ["system", "developer", "user"], min_length=1,
-        description="Client-supplied roles the prompt stage judges; add tool (tool results) and "
-        "assistant (replayed or prefilled assistant turns, their reasoning and tool calls).",
+        default_factory=lambda: list(ALL_PROMPT_ROLES), min_length=1,
+        description="Client-supplied roles the prompt stage judges (default: all). Narrowing it "
+        "passes the dropped roles unjudged: tool (tool results), assistant (replayed or prefilled "
+        "assistant turns, their reasoning and tool calls), tools (tool definitions, schemas and "
+        "other request fields the model reads).",
     )
     fail_mode: FailMode = "closed"
     category_actions: dict[str, Action] = Field(

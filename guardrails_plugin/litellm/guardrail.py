@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -57,6 +56,9 @@ from .answers import ajudge_for, judge, kind_of
 from .failures import clean_failure
 from .prompt import NO_MODEL_TEXT, Prompt, call_type_name, endpoint, extract
 from .report import CHECK_KEY, Reporter, blocked_exception, client_payload, decision_payload, escalation_id
+from .routes import RouteHooks, is_applied
+from .startup import (GuardrailStartupError, build_guard_config, check_allowed_routes, check_modes, check_routes,
+                      parse_stages)
 from .stream import guard_stream
 
 log = logging.getLogger("guardrails_plugin.litellm")
@@ -64,59 +66,8 @@ log = logging.getLogger("guardrails_plugin.litellm")
 OnResponseBlock = Literal["refuse", "error"]
 #: the header a client resends a held request with, once a reviewer approved its escalation
 ESCALATION_HEADER = "x-guardrails-escalation-id"
-_ALL_STAGES = (Stage.PROMPT, Stage.REASONING, Stage.RESPONSE)
 #: hooks the proxy only finds when they sit in the guardrail class's own __dict__
 _OWN_DICT_HOOKS = ("async_post_call_streaming_iterator_hook",)
-
-
-class GuardrailStartupError(RuntimeError):
-    """The guardrail cannot start (bad config). Deliberately not a ValueError: LiteLLM's proxy
-    skips guardrails whose constructor raises ValueError/TypeError and serves traffic unguarded."""
-
-
-def _resolve_env(value: Any) -> Any:
-    # LiteLLM's convention for secrets and paths in proxy configs.
-    if isinstance(value, str) and value.startswith("os.environ/"):
-        name = value.split("/", 1)[1]
-        try:
-            return os.environ[name]
-        except KeyError:
-            raise GuardConfigError(f"guard_config names env var {name!r}, which is not set") from None
-    return value
-
-
-def build_guard_config(
-    guard_config: str | Path | Mapping[str, Any] | GuardConfig | None,
-    guard_settings: Mapping[str, Any] | None = None,
-    fail_mode: str | None = None,
-) -> GuardConfig:
-    """A GuardConfig from a YAML path, an inline mapping or a ready config, plus overrides."""
-    overrides: dict[str, Any] = dict(guard_settings or {})
-    if fail_mode is not None:
-        overrides["fail_mode"] = fail_mode
-    guard_config = _resolve_env(guard_config)
-    if isinstance(guard_config, GuardConfig):
-        if not overrides:
-            return guard_config
-        data = guard_config.model_dump()
-        data.update(overrides)
-        return GuardConfig.build(**data)
-    if isinstance(guard_config, Mapping):
-        return GuardConfig.build(**{**dict(guard_config), **overrides})
-    if guard_config:
-        return GuardConfig.from_yaml(guard_config, **overrides)
-    return GuardConfig.build(**overrides)
-
-
-def _parse_stages(stages: Iterable[str | Stage] | str | None) -> frozenset[Stage]:
-    if stages is None:
-        return frozenset(_ALL_STAGES)
-    if isinstance(stages, (str, Stage)):
-        stages = [stages]
-    try:
-        return frozenset(Stage(s) for s in stages)
-    except ValueError as exc:
-        raise GuardConfigError(f"stages must be among prompt, reasoning, response: {exc}") from None
 
 
 def prompt_messages(data: Mapping[str, Any]) -> Any:
@@ -133,7 +84,7 @@ def prompt_messages(data: Mapping[str, Any]) -> Any:
     return None
 
 
-class GuardrailsPluginGuardrail(CustomGuardrail):
+class GuardrailsPluginGuardrail(RouteHooks, CustomGuardrail):
     """LiteLLM CustomGuardrail running guardrails-plugin's guard models.
 
     ``GuardrailsPluginGuardrail(guard=None, guard_config=None, **litellm_kwargs)``: a ready Guard,
@@ -166,6 +117,8 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         fail_mode: Literal["closed", "open"] | None = None,
         on_response_block: OnResponseBlock = "refuse",
         allow_endpoints: Iterable[str] | None = None,
+        allow_request_fields: Iterable[str] | None = None,
+        allow_unguarded_routes: Iterable[str] | None = None,
         warmup: bool = True,
         **kwargs: Any,
     ):
@@ -173,8 +126,15 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             "supported_event_hooks",
             [GuardrailEventHooks.pre_call, GuardrailEventHooks.during_call, GuardrailEventHooks.post_call],
         )
-        super().__init__(**kwargs)
         try:
+            # LiteLLM's own mode check raises ValueError in here: inside the try (startup.py)
+            super().__init__(**kwargs)
+            check_modes(kwargs.get("event_hook"))
+            if isinstance(allow_request_fields, str) or not all(isinstance(f, str) for f in allow_request_fields or ()):
+                raise GuardConfigError("allow_request_fields must be a list of request body field names")
+            #: body fields passed unchecked (request_fields.py: unknown fields that carry text are refused)
+            self.allow_request_fields = tuple(allow_request_fields or ())
+            check_routes(check_allowed_routes(allow_unguarded_routes))
             if guard is not None and (guard_config is not None or guard_settings or fail_mode):
                 raise GuardConfigError("pass either a ready guard or guard_config/guard_settings/fail_mode")
             if on_response_block not in ("refuse", "error"):
@@ -184,11 +144,12 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             self.guard: Guard = guard if guard is not None else Guard(
                 build_guard_config(guard_config, guard_settings, fail_mode)
             )
-            self.stages = _parse_stages(stages)
+            self.stages = parse_stages(stages)
         except (ValueError, TypeError) as exc:
             # The proxy catches ValueError/TypeError from a guardrail's constructor, logs it and
             # starts WITHOUT the guardrail: unguarded traffic. Refuse to start instead.
-            raise GuardrailStartupError(f"guardrail {self._name()!r} not started: {exc}") from exc
+            name = kwargs.get("guardrail_name") or "guardrails-plugin"
+            raise GuardrailStartupError(f"guardrail {name!r} not started: {exc}") from exc
         self.on_response_block: OnResponseBlock = on_response_block
         #: call types passed unchecked: no model text comes back (plus what the admin adds)
         self.allow_endpoints = frozenset(NO_MODEL_TEXT) | frozenset(
@@ -252,8 +213,9 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
             return
         name = call_type_name(call_type)
         kind = endpoint(name)
-        if kind is None and name in self.allow_endpoints:
-            return
+        if kind is None and (name in self.allow_endpoints or name == "apply_guardrail"):
+            return  # no model text (apply_guardrail's own text is judged in routes.py)
+        self.mark_pre_call_hook_ran(data)  # the deployment hook (routes.py) then leaves it alone
         with self.reporter.collect(data, event) as got:
             decision: Decision | None
             if kind is None:  # an endpoint we cannot read: unknown is unsafe
@@ -262,7 +224,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
                 got.items.append(decision)
             else:
                 try:
-                    prompt = await extract(data, kind, self.guard.config.prompt_roles)
+                    prompt = await extract(data, kind, self.guard.config.prompt_roles, self.allow_request_fields)
                 except Exception as exc:  # the translation failed on this body
                     log.warning("guardrails-plugin could not read a %s request: %r", kind, exc)
                     prompt = Prompt(unreadable=[f"request not readable: {type(exc).__name__}"])
@@ -337,7 +299,7 @@ class GuardrailsPluginGuardrail(CustomGuardrail):
         if not (reasoning or answer):
             return response
         kind = kind_of(response)
-        if kind == "none" or (kind is None and self._allowed_route(user_api_key_dict)):
+        if kind == "none" or (kind is None and (self._allowed_route(user_api_key_dict) or is_applied(response))):
             return response
         with self.reporter.collect(data, GuardrailEventHooks.post_call) as got:
             if kind is None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..content import reasoning_text
+from .request_fields import FIELDS_ROLE, field_messages, file_text, file_texts, known_fields
 
 #: call type (sync and async names) -> the endpoint it is
 ENDPOINTS: dict[str, str] = {
@@ -83,16 +84,28 @@ def call_type_name(call_type: Any) -> str:
     return str(getattr(call_type, "value", call_type))
 
 
-async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str]) -> Prompt:
+async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str],
+                  allowed_fields: Iterable[str] = ()) -> Prompt:
     """The messages of ``roles`` in request ``data`` of endpoint ``kind``, read through LiteLLM's
-    translation (see the module docstring). Never raises for bad content: it is reported."""
+    translation (see the module docstring), the request fields the model reads beside them (role
+    ``tools``, request_fields.py) and inline text files. Never raises for bad content: it is
+    reported. ``allowed_fields``: body fields the admin lets pass unchecked."""
     from litellm.llms import get_guardrail_translation_mapping
     from litellm.types.utils import CallTypes
 
     fields = INPUT_FIELDS[kind]
+    wanted = set(roles)
+    if not isinstance(data.get("stream", False), bool) and data.get("stream") is not None:
+        # LiteLLM reads a non-bool stream as "no stream" while the upstream streams: refused
+        return Prompt(unreadable=[f"stream must be true or false, got {data['stream']!r}"])
     if kind == "completions" and not _prompt_is_text(data.get("prompt")):
         return Prompt(unreadable=["prompt is not text (token ids or an unknown shape)"])
+    allowed = tuple(allowed_fields)
+    extra, unknown_fields = field_messages(data, kind, known_fields(kind, allowed))
+    if FIELDS_ROLE not in wanted:
+        extra = []
     work = copy.deepcopy({k: data[k] for k in (*fields, "model") if k in data})
+    work.setdefault("model", "")  # the Messages translation needs one; which does not matter here
     work["_gp_inputs"] = []
     handler = get_guardrail_translation_mapping(CallTypes(_TRANSLATION[kind]))()
     await handler.process_input_messages(data=work, guardrail_to_apply=_collector())
@@ -103,9 +116,9 @@ async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str]) -> P
     if kind == "completions" and isinstance(data.get("suffix"), str):  # the translation skips it
         structured.append({"role": "user", "content": data["suffix"]})
         inputs = [*inputs, {"texts": [data["suffix"]]}]
-    out = Prompt(unreadable=_uncovered(data, fields, inputs))
-    wanted = set(roles)
-    judged: list[dict[str, Any]] = []
+    files = [t for f in fields for t in file_texts(data.get(f))]
+    out = Prompt(unreadable=unknown_fields + _uncovered(data, fields, inputs, files))
+    judged: list[dict[str, Any]] = list(extra)
     for m in structured:
         role = _role(m)
         if role not in wanted and role in _KNOWN_ROLES:
@@ -114,6 +127,8 @@ async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str]) -> P
         out.unreadable += [f"{role} message: {u}" for u in unknown]
         if content:
             judged.append({"role": role, "content": content})
+    # inline text files are client text in whatever message carries them: judged as the user's
+    judged += [{"role": "user", "content": [{"type": "text", "text": f"[file] {t}"}]} for t in files if t.strip()]
     out.messages = judged or None
     users = [m for m in judged if m["role"] == "user"]
     if len(judged) == 1 and len(users) == 1 and kind == "chat":
@@ -158,7 +173,8 @@ def message_content(m: Mapping[str, Any]) -> tuple[list[Any], list[str]]:
             elif kind == "refusal":
                 text(p.get("refusal"))
             elif kind in _MEDIA_PARTS:
-                parts.append(dict(p))  # noted as "not guarded" by the guard's input normalisation
+                if file_text(p) is None:  # a text file is judged from the request itself (extract)
+                    parts.append(dict(p))  # noted as "not guarded" by the guard's input normalisation
             else:
                 unknown.append(f"content part of type {kind!r}")
     elif content is not None:
@@ -202,9 +218,12 @@ def _prompt_is_text(prompt: Any) -> bool:
         isinstance(prompt, list) and all(isinstance(p, str) for p in prompt))
 
 
-def _uncovered(data: Mapping[str, Any], fields: tuple[str, ...], inputs: list[Mapping[str, Any]]) -> list[str]:
-    """Texts of the request's input fields that the translation did not hand over."""
-    carried = "\x00".join(_leaves([i.get(k) for i in inputs for k in ("texts", "structured_messages", "tool_calls")]))
+def _uncovered(data: Mapping[str, Any], fields: tuple[str, ...], inputs: list[Mapping[str, Any]],
+               files: list[str]) -> list[str]:
+    """Texts of the request's input fields that the translation did not hand over (inline text
+    files, judged on their own, count as handed over)."""
+    carried = "\x00".join([*_leaves([i.get(k) for i in inputs for k in ("texts", "structured_messages", "tool_calls")]),
+                           *files])
     missing = [f"{f}: {_clip(s)!r} not read by the endpoint translation"
                for f in fields for s in _leaves(data.get(f), prose=True) if s.strip() and s not in carried]
     return missing[:5]

@@ -62,11 +62,12 @@ def chat_with(role: str, text: str) -> dict:
 
 @pytest.mark.parametrize("role", ["system", "developer", "user", "tool", "assistant"])
 async def test_prompt_roles_decide_what_the_prompt_stage_judges(role):
+    """Every client role is judged by default (issue 24 finding 9); narrowing prompt_roles passes
+    the roles it drops unjudged (what the docs say it costs)."""
     default = await pre(make(), chat_with(role, HARM))
-    judged_by_default = role in ("system", "developer", "user")
-    assert isinstance(default, ProxyException) is judged_by_default
-    everything = await pre(make(prompt_roles=["system", "developer", "user", "tool", "assistant"]), chat_with(role, HARM))
-    assert isinstance(everything, ProxyException) and everything.detail["stage"] == "prompt"
+    assert isinstance(default, ProxyException) and default.detail["stage"] == "prompt"
+    narrowed = await pre(make(prompt_roles=["system", "developer", "user"]), chat_with(role, HARM))
+    assert isinstance(narrowed, ProxyException) is (role in ("system", "developer", "user"))
 
 
 async def test_assistant_reasoning_and_tool_calls_are_judged_when_assistant_is():
@@ -106,8 +107,8 @@ async def test_input_the_translation_drops_is_unreadable():
     assert isinstance(e, ProxyException) and e.detail["reason"] == "guard_bad_input"
     doc = {"max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": HARM}}]}]}
-    e = await pre(make(), doc, "anthropic_messages")
-    assert isinstance(e, ProxyException) and e.detail["reason"] == "guard_bad_input"
+    e = await pre(make(), doc, "anthropic_messages")  # a text document the translation drops: judged itself
+    assert isinstance(e, ProxyException) and "GuardReasoner-1B" in e.detail["reason"]
     fail_open = await pre(make(fail_mode="open"), data, "aresponses")
     assert not isinstance(fail_open, Exception) and fail_open["input"][1]["text"] == HARM
 

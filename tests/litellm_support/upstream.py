@@ -22,7 +22,8 @@ tests know byte for byte what the upstream sent:
 
 ``n>1`` (chat, completions): choice 0 follows ``[benign]``, every other choice the tag. With
 ``req-key=XXXXXXXX`` in the body the upstream records what it sent for that request:
-``GET /seen/XXXXXXXX`` -> ``{"path", "text"}`` (404 when the request never reached it).
+``GET /seen/XXXXXXXX`` -> ``{"path", "text", "received"}`` (what it sent, and the request body it
+received; 404 when the request never reached it).
 """
 
 from __future__ import annotations
@@ -162,6 +163,7 @@ def build_app():  # imported lazily so the module can be imported without starle
             self.record = seen.setdefault(self.key or "-", {"path": request.url.path, "text": ""})
             self.record["text"] = ""
             self.record["path"] = request.url.path
+            self.record["received"] = text  # the whole request body as the model got it
             self.record.pop("extras", None)
             self.extras = answer_extras.extras_of(text, body)
             self.fails = "[upstream-error]" in text
