@@ -8,6 +8,7 @@ import pytest
 
 from guardrails_plugin import Action, Stage
 from guardrails_plugin.engines import ScriptedEngine
+from guardrails_plugin.models import families
 
 from .support import PII, RULES, redacting_guard
 
@@ -133,12 +134,14 @@ def test_a_detector_that_raises_redacts_the_whole_window(monkeypatch):
 @pytest.mark.parametrize("failure", ["unavailable", "unparseable"])
 def test_a_failing_localising_check_redacts_the_whole_window(failure):
     calls = {"n": 0}
-    base = ScriptedEngine.from_rules(RULES)
+    # inner rules engines answer for the registered families (no Guard hands them in)
+    base = ScriptedEngine.from_rules(RULES, families=families().values())
+    failing = ScriptedEngine.from_rules([(".", failure)], families=families().values())
 
     def respond(rendered: str) -> str:
         calls["n"] += 1
         if calls["n"] > 1:  # the whole-window check answers; every localising check fails
-            return ScriptedEngine.from_rules([(".", failure)])._fn(rendered)
+            return failing._fn(rendered)
         return base._fn(rendered)
 
     guard = redacting_guard(engine=ScriptedEngine(respond))
