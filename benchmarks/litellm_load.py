@@ -14,8 +14,12 @@ of the whole request (streams: until [DONE]), the overhead ratio with/without at
 proxy's own CPU time per request (user + system of the proxy process tree, read from /proc, so it
 holds on a box shared with other work where throughput does not): "with" minus "without" is what
 the guardrail costs the proxy per request. Writes JSON to --out (default:
-benchmarks/results/litellm_load.json). To compare against another checkout, run this script with
-PYTHONPATH=<checkout>: the proxy then imports that checkout's guardrails_plugin.
+benchmarks/results/litellm_load.json).
+
+``--checkout DIR`` (e.g. ``git worktree add /work/wt/before <commit>``) times that tree's
+guardrails_plugin in the same run: a second proxy imports it, and the rows alternate between the
+two proxies (before without / with, this tree without / with, per mode), so both see the same box.
+``--profile DIR`` records each guarded run's proxy with py-spy (``--format speedscope``) into DIR.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,52 +131,92 @@ async def run(base_url: str, n: int, conc: int, stream: bool, guarded: bool, pid
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=1000)
-    ap.add_argument("--concurrency", type=int, default=100)
-    ap.add_argument("--guard-latency-ms", type=float, default=20.0)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/litellm_load.json")
-    args = ap.parse_args()
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
-    wd = Path(tempfile.mkdtemp(prefix="litellm-load-"))
-    up = start_upstream(wd)
+def _proxy(wd: Path, up, latency_ms: float, tree: Path | None):
     cfg = write_config(
         wd,
         [{"model_name": "reasoner", "litellm_params": {
             "model": "hosted_vllm/reasoner", "api_base": up.base_url + "/v1", "api_key": "x"}}],
         [{"guardrail_name": "gp", "litellm_params": {
             "guardrail": "scripted_guardrail.ScriptedGuardrail", "mode": ["pre_call", "post_call"],
-            "default_on": False, "guard_latency_ms": args.guard_latency_ms}}],
+            "default_on": False, "guard_latency_ms": latency_ms}}],
     )
-    proxy = start_proxy(cfg, wd)
+    env = None
+    if tree is not None:  # that tree's guardrails_plugin first; the test support of this one
+        env = {"PYTHONPATH": os.pathsep.join([str(REPO / "tests/litellm_support"), str(tree)])}
+    return start_proxy(cfg, wd, extra_env=env)
+
+
+def _profiled(proxy, out: Path | None, name: str):
+    if out is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).parent / "py-spy"
+    return subprocess.Popen([str(spy), "record", "-p", str(proxy.proc.pid), "-r", "200", "-s", "--format",
+                             "speedscope", "-o", str(out / f"{name}.speedscope.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=100)
+    ap.add_argument("--guard-latency-ms", type=float, default=20.0)
+    ap.add_argument("--checkout", type=Path, help="another tree to time in the same run (the 'before')")
+    ap.add_argument("--profile", type=Path, help="py-spy each guarded run into this folder")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/litellm_load.json")
+    args = ap.parse_args()
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+    wd = Path(tempfile.mkdtemp(prefix="litellm-load-"))
+    up = start_upstream(wd)
+    trees: dict[str, Path | None] = {"this": None}
+    if args.checkout is not None:
+        trees = {"before": args.checkout.resolve(), "this": None}
+    proxies = {}
     rows = []
     try:
+        for name, tree in trees.items():
+            (wd / name).mkdir()
+            proxies[name] = _proxy(wd / name, up, args.guard_latency_ms, tree)
         for stream in (False, True):
-            for guarded in (False, True):
-                row = asyncio.run(run(proxy.base_url, args.requests, args.concurrency, stream, guarded, proxy.proc.pid))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for name, proxy in proxies.items():
+                for guarded in (False, True):
+                    spy = _profiled(proxy, args.profile, f"{name}-{'stream' if stream else 'non-stream'}") if guarded else None
+                    row = asyncio.run(run(proxy.base_url, args.requests, args.concurrency, stream, guarded, proxy.proc.pid))
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                        spy.wait(60)
+                    row["tree"] = name
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     finally:
-        proxy.stop()
+        for proxy in proxies.values():
+            proxy.stop()
         up.stop()
 
-    summary = {"proxy_startup_s": round(proxy.startup_s, 1), "guard_latency_ms": args.guard_latency_ms,
-               "cpu_count": os.cpu_count(), "rows": rows, "overhead": {}}
-    print(f"\nproxy startup {proxy.startup_s:.1f} s; guard latency {args.guard_latency_ms} ms (scripted)")
-    print(f"{'mode':<14}{'plugin':<8}{'errors':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'proxy CPU ms/req':>18}")
+    load = os.getloadavg()
+    summary = {"proxy_startup_s": {n: round(p.startup_s, 1) for n, p in proxies.items()},
+               "guard_latency_ms": args.guard_latency_ms, "cpu_count": os.cpu_count(),
+               "loadavg_after": [round(x, 2) for x in load], "trees": {n: str(t or REPO) for n, t in trees.items()},
+               "rows": rows, "overhead": {}}
+    print(f"\nguard latency {args.guard_latency_ms} ms (scripted); load average after the run {load[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    print(f"{'tree':<8}{'mode':<12}{'plugin':<8}{'errors':>7}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>9}{'proxy CPU ms/req':>18}")
     for r in rows:
-        print(f"{'stream' if r['stream'] else 'non-stream':<14}{'with' if r['guarded'] else 'without':<8}"
+        print(f"{r['tree']:<8}{'stream' if r['stream'] else 'non-stream':<12}{'with' if r['guarded'] else 'without':<8}"
               f"{r['errors']:>7}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['throughput_rps']:>9}{r['proxy_cpu_ms_per_req']:>18}")
-    for stream in (False, True):
-        base, with_ = (next(r for r in rows if r["stream"] == stream and r["guarded"] == g) for g in (False, True))
-        ov = {"p50_ratio": round(with_["p50_ms"] / base["p50_ms"], 2), "p99_ratio": round(with_["p99_ms"] / base["p99_ms"], 2),
-              "guard_cpu_ms_per_req": round(with_["proxy_cpu_ms_per_req"] - base["proxy_cpu_ms_per_req"], 2),
-              "cpu_ratio": round(with_["proxy_cpu_ms_per_req"] / base["proxy_cpu_ms_per_req"], 3)}
-        summary["overhead"]["stream" if stream else "non_stream"] = ov
-        print(f"overhead {'stream' if stream else 'non-stream'}: p50 x{ov['p50_ratio']}  p99 x{ov['p99_ratio']}  "
-              f"proxy CPU x{ov['cpu_ratio']} (+{ov['guard_cpu_ms_per_req']} ms per request)")
+    for name in trees:
+        for stream in (False, True):
+            base, with_ = (next(r for r in rows if r["tree"] == name and r["stream"] == stream and r["guarded"] == g)
+                           for g in (False, True))
+            ov = {"p50_ratio": round(with_["p50_ms"] / base["p50_ms"], 2),
+                  "p99_ratio": round(with_["p99_ms"] / base["p99_ms"], 2),
+                  "guard_cpu_ms_per_req": round(with_["proxy_cpu_ms_per_req"] - base["proxy_cpu_ms_per_req"], 2),
+                  "cpu_ratio": round(with_["proxy_cpu_ms_per_req"] / base["proxy_cpu_ms_per_req"], 3),
+                  "throughput_ratio": round(with_["throughput_rps"] / base["throughput_rps"], 3)}
+            summary["overhead"][f"{name}-{'stream' if stream else 'non_stream'}"] = ov
+            print(f"{name:<8}{'stream' if stream else 'non-stream':<12}p50 x{ov['p50_ratio']}  p99 x{ov['p99_ratio']}  "
+                  f"req/s x{ov['throughput_ratio']}  proxy CPU x{ov['cpu_ratio']} (+{ov['guard_cpu_ms_per_req']} ms per request)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     total_errors = sum(r["errors"] for r in rows)

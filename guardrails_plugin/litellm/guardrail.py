@@ -58,7 +58,7 @@ from .prompt import NO_MODEL_TEXT, Prompt, call_type_name, endpoint, extract
 from .report import CHECK_KEY, Reporter, blocked_exception, client_payload, decision_payload, escalation_id
 from .routes import RouteHooks, is_applied
 from .startup import (GuardrailStartupError, build_guard_config, check_allowed_routes, check_modes, check_routes,
-                      parse_stages)
+                      freeze_startup_heap, parse_stages)
 from .stream import guard_stream
 
 log = logging.getLogger("guardrails_plugin.litellm")
@@ -120,6 +120,7 @@ class GuardrailsPluginGuardrail(RouteHooks, CustomGuardrail):
         allow_request_fields: Iterable[str] | None = None,
         allow_unguarded_routes: Iterable[str] | None = None,
         warmup: bool = True,
+        gc_freeze: bool = True,
         **kwargs: Any,
     ):
         kwargs.setdefault(
@@ -164,6 +165,8 @@ class GuardrailsPluginGuardrail(RouteHooks, CustomGuardrail):
                 # Still safe: every check then ends in its stage's fail mode (closed by default).
                 log.exception("guardrail %r could not load its guard models; checks will fail %s",
                               self._name(), self.guard.config.fail_mode)
+        if gc_freeze:
+            freeze_startup_heap()
 
     # -- helpers ------------------------------------------------------------------------------
     def _name(self) -> str:

@@ -104,6 +104,15 @@ async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str],
     extra, unknown_fields = field_messages(data, kind, known_fields(kind, allowed))
     if FIELDS_ROLE not in wanted:
         extra = []
+    plain = _plain_chat(data) if kind == "chat" else None
+    if plain is not None:  # string messages only: the translation would hand them back as they are
+        judged = [*extra, *({"role": _role(m), "content": [{"type": "text", "text": m["content"]}]} for m in plain
+                            if m["content"] and (_role(m) in wanted or _role(m) not in _KNOWN_ROLES))]
+        out = Prompt(messages=judged or None, unreadable=unknown_fields)
+        users = [i for i, m in enumerate(plain) if m["role"] == "user"]
+        if len(judged) == 1 and len(users) == 1 and judged[0]["role"] == "user":
+            out.single_user = (users[0], plain[users[0]]["content"])
+        return out
     work = copy.deepcopy({k: data[k] for k in (*fields, "model") if k in data})
     work.setdefault("model", "")  # the Messages translation needs one; which does not matter here
     work["_gp_inputs"] = []
@@ -140,6 +149,18 @@ async def extract(data: Mapping[str, Any], kind: str, roles: Iterable[str],
 
 
 _KNOWN_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+
+def _plain_chat(data: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
+    """The chat messages when each is just a role and a string (the common request), else None."""
+    msgs = data.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return None
+    for m in msgs:
+        if not (isinstance(m, Mapping) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+                and m.keys() <= {"role", "content"}):
+            return None
+    return msgs
 
 
 def _role(m: Mapping[str, Any]) -> str:
