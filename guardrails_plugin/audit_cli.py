@@ -21,6 +21,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .observe import (
     STATUSES,
@@ -33,6 +34,8 @@ from .observe import (
     open_store,
 )
 from .errors import GuardConfigError
+from .observe.reviews import caller_metadata, clean_text, safe_json, trail_of, user_note, visible
+from .review.security import clean_name
 
 escalations_app = typer.Typer(
     name="escalations",
@@ -82,6 +85,16 @@ def _when(ts: float | None, short: bool = False) -> str:
 _STATUS_STYLE = {"pending": "yellow", "approved": "green", "rejected": "red"}
 
 
+def _t(value: Any, style: str = "") -> Text:
+    """A table cell shown as written: no Rich markup read from stored text, hidden characters
+    (bidi controls, escape sequences, lone surrogates) as ``[U+XXXX]``."""
+    return Text(visible(str(value), keep="\n\t"), style=style)
+
+
+def _status(status: str) -> Text:
+    return _t(status, _STATUS_STYLE.get(status, "white"))
+
+
 @escalations_app.command("list")
 def list_cmd(
     status: str = typer.Option("pending", "--status", "-s",
@@ -100,7 +113,7 @@ def list_cmd(
     finally:
         store.close()
     if as_json:
-        typer.echo(json.dumps([e.to_dict() for e in items], ensure_ascii=False, indent=2))
+        typer.echo(safe_json([e.to_dict() for e in items], indent=2))
         return
     console = _console()
     if not items:
@@ -115,9 +128,8 @@ def list_cmd(
     table.add_column("Reason", overflow="fold", ratio=1)
     for e in items:
         table.add_row(
-            str(e.id), _when(e.time, short=True), e.stage, f"{e.risk:.2f}",
-            f"[{_STATUS_STYLE.get(e.status, 'white')}]{e.status}[/]", e.request_id[:6],
-            ", ".join(e.categories) or "-", e.reason,
+            str(e.id), _when(e.time, short=True), _t(e.stage), f"{e.risk:.2f}", _status(e.status),
+            _t(e.request_id[:6]), _t(", ".join(e.categories) or "-"), _t(e.reason),
         )
     console.print(table)
 
@@ -147,28 +159,29 @@ def show_cmd(
     if as_json:
         out: dict[str, Any] = esc.to_dict()
         out["decisions"] = [r.to_dict() for r in records]
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        typer.echo(safe_json(out, indent=2))
         return
     console = _console()
     table = Table(title=f"Escalation {esc.id}", show_header=False, title_justify="left")
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    rows = [
-        ("status", f"[{_STATUS_STYLE.get(esc.status, 'white')}]{esc.status}[/]"),
-        ("request id", esc.request_id), ("time", _when(esc.time)), ("stage", esc.stage),
-        ("risk", f"{esc.risk:.2f}"), ("categories", ", ".join(esc.categories) or "-"),
-        ("reason", esc.reason), ("guards", ", ".join(esc.guards) or "-"),
-        ("content sha256", esc.content_sha256),
-        ("content", esc.content if esc.content is not None else "[dim](not stored)[/dim]"),
-        ("context", json.dumps(esc.metadata, ensure_ascii=False) if esc.metadata else "-"),
-        ("resolver", esc.resolver or "-"), ("note", esc.note or "-"),
-        ("resolved at", _when(esc.resolved_at)),
+    rows: list[tuple[str, Text]] = [
+        ("status", _status(esc.status)),
+        ("request id", _t(esc.request_id)), ("time", _t(_when(esc.time))), ("stage", _t(esc.stage)),
+        ("risk", _t(f"{esc.risk:.2f}")), ("categories", _t(", ".join(esc.categories) or "-")),
+        ("reason", _t(esc.reason)), ("guards", _t(", ".join(esc.guards) or "-")),
+        ("content sha256", _t(esc.content_sha256)),
+        ("content", _t(esc.content) if esc.content is not None else _t("(not stored)", "dim")),
+        ("caller metadata", _t(safe_json(caller_metadata(esc.metadata)) if caller_metadata(esc.metadata) else "-")),
+        ("recorded by plugin", _t(safe_json(trail_of(esc.metadata)) if trail_of(esc.metadata) else "-")),
+        ("resolver", _t(esc.resolver or "-")), ("note", _t(esc.note or "-")),
+        ("resolved at", _t(_when(esc.resolved_at))),
     ]
     for verdict in esc.verdicts:
         label = f"{verdict.get('guard', '?')}: risk {verdict.get('risk', 0):.2f} {verdict.get('label') or ''}"
         if verdict.get("rationale"):
             label = f"{label.strip()} - {verdict['rationale']}"
-        rows.append(("verdict", label.strip()))
+        rows.append(("verdict", _t(label.strip())))
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
@@ -177,7 +190,7 @@ def show_cmd(
         for col in ("Time (UTC)", "Stage", "Action", "Risk", "Guards", "Latency ms", "Degraded"):
             dec.add_column(col)
         for r in records:
-            dec.add_row(_when(r.time), r.stage, r.action, f"{r.risk:.2f}", ", ".join(r.guards) or "-",
+            dec.add_row(_when(r.time), _t(r.stage), _t(r.action), f"{r.risk:.2f}", _t(", ".join(r.guards) or "-"),
                         f"{r.latency_ms:.1f}", "yes" if r.degraded else "no")
         console.print(dec)
 
@@ -195,7 +208,11 @@ def resolve_cmd(
     """Approve or reject a pending escalation (final: a resolved one cannot be resolved again)."""
     if approve == reject:
         raise _err("give exactly one of --approve / --reject", 2)
-    resolver = by
+    # a command line's bytes that are not UTF-8 arrive as lone surrogates: stored as U+FFFD
+    resolver = clean_name(clean_text(by)) or None if by is not None else None
+    note = user_note(note)
+    if by is not None and resolver is None:
+        raise _err("--by needs a printable reviewer name", 2)
     if resolver is None:
         try:
             resolver = getpass.getuser()
@@ -211,11 +228,12 @@ def resolve_cmd(
     finally:
         store.close()
     if as_json:
-        typer.echo(json.dumps(esc.to_dict(), ensure_ascii=False, indent=2))
+        typer.echo(safe_json(esc.to_dict(), indent=2))
         return
-    style = _STATUS_STYLE[esc.status]
-    _console().print(f"escalation {esc.id}: [{style}]{esc.status}[/] by {esc.resolver}"
-                     + (f" ({esc.note})" if esc.note else ""))
+    line = Text(f"escalation {esc.id}: ")
+    line.append_text(_status(esc.status))
+    line.append_text(_t(f" by {esc.resolver}" + (f" ({esc.note})" if esc.note else "")))
+    _console().print(line)
 
 
 def _days(value: str | None, flag: str) -> float | None:

@@ -199,7 +199,7 @@ class NotifyConfig(BaseModel):
 
     url: str = Field(description="http(s) URL that receives a POST per event.")
     secret: str | None = Field(
-        None, repr=False, description="HMAC-SHA256 key: signs the body (X-Guardrails-Signature-256)."
+        None, repr=False, description="HMAC-SHA256 key: signs timestamp, delivery id and body (X-Guardrails-Signature)."
     )
     on: list[Literal["escalate", "block"]] = Field(["escalate"])  # pydantic copies the default per instance
     format: Literal["json", "slack"] = "json"

@@ -13,11 +13,18 @@
   is prefixed ``note: `` so it never passes for the tag.
 * **Approval lookup** (``approved_as_is``): an escalation a resent request may name is one a
   reviewer approved as is (no edit) for exactly this content at this stage.
+* **Faithful display** (``visible``, ``hidden_chars``, ``safe_json``, ``clean_text``): what a
+  reviewer reads (page, CLI, JSON) shows every invisible or reordering character (bidi controls,
+  zero-width and other format characters, C0/C1 controls, lone surrogates, private-use and
+  unassigned code points) as ``[U+XXXX]``, and every text can be encoded (a lone surrogate never
+  crashes a page or a command).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,8 +108,8 @@ def edit_note(text: str, recheck: Decision, note: str | None = None) -> str:
 
 
 def user_note(note: str | None) -> str | None:
-    """A typed note as recorded: stripped, and never passing for the tag of a released edit."""
-    note = (note or "").strip()
+    """A typed note as recorded: valid text, stripped, and never passing for the tag of a released edit."""
+    note = clean_text(note or "").strip()
     if EDIT_TAG.match(note):
         note = "note: " + note
     return note or None
@@ -139,6 +146,82 @@ def approved_as_is(esc: Escalation | None, stage: Stage, text: str) -> bool:
             and esc.stage == stage.value and esc.content_sha256 == content_sha256(text))
 
 
+# -- faithful display ----------------------------------------------------------------------------------
+#: invisible characters whose Unicode category does not say so (Hangul fillers, CGJ, Khmer vowels)
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5\u180e\u2800")
+
+
+def _is_hidden(ch: str, keep: str) -> bool:
+    if ch in keep:
+        return False
+    if ch in _INVISIBLE:
+        return True
+    if ch.isprintable():
+        return False
+    return unicodedata.category(ch) != "Zs"  # other spaces are visible as spaces
+
+
+def hidden_chars(text: str, keep: str = "\n\t\r") -> list[str]:
+    """The characters of ``text`` that ``visible`` escapes, in order."""
+    if text.isprintable() and not _INVISIBLE.intersection(text):
+        return []
+    return [ch for ch in text if _is_hidden(ch, keep)]
+
+
+def escape_code(ch: str) -> str:
+    return f"[U+{ord(ch):04X}]"
+
+
+def char_name(ch: str) -> str:
+    return unicodedata.name(ch, "surrogate" if 0xD800 <= ord(ch) <= 0xDFFF else "unnamed")
+
+
+def visible(text: str, keep: str = "\n\t\r") -> str:
+    """``text`` with every hidden character (see the module doc) written as ``[U+XXXX]``; the
+    result is printable and encodable. ``keep``: controls shown as themselves (line breaks)."""
+    if not hidden_chars(text, keep):
+        return text
+    return "".join(escape_code(ch) if _is_hidden(ch, keep) else ch for ch in text)
+
+
+def _json_escape(ch: str) -> str:
+    cp = ord(ch)
+    if cp > 0xFFFF:
+        cp -= 0x10000
+        return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
+    return f"\\u{cp:04x}"
+
+
+def safe_json(value: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """JSON text as ``json.dumps(ensure_ascii=False)`` writes it, except that every hidden
+    character (bidi controls, lone surrogates, ...) is a ``\\uXXXX`` escape: the same JSON value,
+    encodable as UTF-8, and nothing in it reorders or hides text on a terminal."""
+    s = json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=sort_keys, default=str)
+    if not hidden_chars(s, keep="\n"):
+        return s
+    return "".join(_json_escape(ch) if _is_hidden(ch, "\n") else ch for ch in s)
+
+
+def clean_text(text: str) -> str:
+    """Text as it can be stored: bytes that were not UTF-8 (a command line's surrogateescape
+    characters) and lone surrogates become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    raw = bytearray()
+    for ch in text:
+        cp = ord(ch)
+        if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape: the byte that was not UTF-8
+            raw.append(cp - 0xDC00)
+        elif 0xD800 <= cp <= 0xDFFF:
+            raw += "\ufffd".encode()
+        else:
+            raw += ch.encode("utf-8")
+    return raw.decode("utf-8", "replace")
+
+
 __all__ = [
     "EDIT_TAG",
     "QUERY_KEY",
@@ -149,8 +232,12 @@ __all__ = [
     "Trail",
     "approved_as_is",
     "caller_metadata",
+    "char_name",
+    "clean_text",
     "edit_note",
     "edit_sha",
+    "escape_code",
+    "hidden_chars",
     "query_of",
     "recheck_metadata",
     "release_refusal",
@@ -158,9 +245,11 @@ __all__ = [
     "review_kind",
     "review_of",
     "reviewer_of",
+    "safe_json",
     "split_metadata",
     "stored_metadata",
     "trail_of",
     "unjudged",
     "user_note",
+    "visible",
 ]

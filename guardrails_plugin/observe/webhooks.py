@@ -8,10 +8,17 @@ dropped (queue full) or given up on (retries spent), and both are counted and lo
 
 Each POST carries:
 
-* ``X-Guardrails-Signature-256: sha256=<hex>``: HMAC-SHA256 of the exact body with ``secret``
-  (when one is set); receivers check it with ``verify_signature``.
+* ``X-Guardrails-Signature: t=<unix seconds>,v1=<hex>`` (when a secret is set), in the style of
+  Stripe's webhooks: ``v1`` is HMAC-SHA256 under ``secret`` of ``"<t>.<delivery id>." + body``, so
+  the timestamp and the delivery id are signed with the body. Each attempt is signed afresh (a
+  new ``t``, the same delivery id). Receivers check it with ``verify_signature`` (or
+  ``verify_event``), which refuses a timestamp more than ``DEFAULT_TOLERANCE_S`` (300 s) away
+  from their clock, and de-duplicate on the delivery id within that window.
 * ``X-Guardrails-Delivery``: one id per event, the same on every retry (receivers de-duplicate).
 * ``X-Guardrails-Event``: ``escalate`` or ``block``.
+
+The payload's ``metadata`` is the request's as stored (caller keys; the plugin's own fields as
+``guardrails_plugin.*``, which caller metadata cannot write: records.py ``Trail``).
 
 Retried: connection errors, timeouts, HTTP 408 / 429 / 5xx. Any other status is final.
 """
@@ -22,10 +29,10 @@ import atexit
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import queue
 import threading
+import time
 import uuid
 import weakref
 from datetime import datetime, timezone
@@ -34,7 +41,10 @@ from typing import Any, Protocol
 import httpx
 
 from ..config import NotifyConfig
+from ..errors import GuardError
 from ..types import Action, Decision, GuardRequest
+from .records import stored_metadata
+from .reviews import safe_json
 
 
 class _Hooked(Protocol):  # a Guard, without importing the facade (dependencies point down)
@@ -42,30 +52,69 @@ class _Hooked(Protocol):  # a Guard, without importing the facade (dependencies 
 
 log = logging.getLogger("guardrails_plugin.webhooks")
 
-SIGNATURE_HEADER = "X-Guardrails-Signature-256"
+SIGNATURE_HEADER = "X-Guardrails-Signature"
 DELIVERY_HEADER = "X-Guardrails-Delivery"
 EVENT_HEADER = "X-Guardrails-Event"
+#: how far a signed timestamp may be from the receiver's clock (seconds), both ways
+DEFAULT_TOLERANCE_S = 300.0
 _RETRY_STATUS = {408, 425, 429}
 _MAX_BACKOFF_S = 30.0
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value for ``body``: ``sha256=<hex HMAC-SHA256>``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+class WebhookSignatureError(GuardError):
+    """A webhook's signature header is missing, malformed, stale or does not match."""
 
 
-def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
-    """True when ``header`` is the signature of ``body`` under ``secret`` (constant-time compare)."""
-    if not header:
-        return False
-    return hmac.compare_digest(sign(secret, body).encode(), header.strip().encode())
+def _mac(secret: str, timestamp: int, delivery: str, body: bytes) -> str:
+    signed = f"{timestamp}.{delivery}.".encode() + body
+    return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
 
 
-def _jsonable(value: Any) -> Any:
+def sign(secret: str, body: bytes, *, delivery: str, timestamp: int | None = None) -> str:
+    """The signature header value: ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.delivery." + body>``."""
+    t = int(time.time()) if timestamp is None else int(timestamp)
+    return f"t={t},v1={_mac(secret, t, delivery, body)}"
+
+
+def verify_event(secret: str | list[str], body: bytes, header: str | None, delivery: str | None, *,
+                 tolerance_s: float = DEFAULT_TOLERANCE_S, now: float | None = None) -> int:
+    """Check a delivery; returns its signed timestamp, raises ``WebhookSignatureError`` saying why.
+
+    ``secret``: one, or several while rotating (any may match; so may any ``v1`` in the header).
+    ``delivery``: the ``X-Guardrails-Delivery`` header as received (it is signed: a replayer who
+    changes it to pass de-duplication breaks the signature). ``tolerance_s``: the most the signed
+    timestamp may differ from ``now`` (default 300 s); de-duplicate on the delivery id for that long."""
+    if not header or not delivery:
+        raise WebhookSignatureError("missing signature or delivery header")
+    ts: int | None = None
+    sigs: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit() and len(value) <= 12:
+            ts = int(value)
+        elif key == "v1" and value:
+            sigs.append(value)
+    if ts is None or not sigs:
+        raise WebhookSignatureError("malformed signature header (want t=<unix seconds>,v1=<hex>)")
+    clock = time.time() if now is None else now
+    if abs(clock - ts) > tolerance_s:
+        raise WebhookSignatureError(f"timestamp {ts} is outside the tolerance of {tolerance_s:.0f} s")
+    for key in [secret] if isinstance(secret, str) else list(secret):
+        want = _mac(key, ts, delivery, body).encode()
+        if any(hmac.compare_digest(want, sig.encode("utf-8", "surrogatepass")) for sig in sigs):
+            return ts
+    raise WebhookSignatureError("signature does not match")
+
+
+def verify_signature(secret: str | list[str], body: bytes, header: str | None, delivery: str | None, *,
+                     tolerance_s: float = DEFAULT_TOLERANCE_S, now: float | None = None) -> bool:
+    """True when ``header`` signs ``body`` and ``delivery`` under ``secret`` with a timestamp
+    within ``tolerance_s`` of ``now`` (see ``verify_event``, which says why not)."""
     try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError, RecursionError):
-        return repr(value)
+        verify_event(secret, body, header, delivery, tolerance_s=tolerance_s, now=now)
+    except WebhookSignatureError:
+        return False
+    return True
 
 
 def event_payload(request: GuardRequest, decision: Decision, config: NotifyConfig) -> dict[str, Any]:
@@ -85,7 +134,7 @@ def event_payload(request: GuardRequest, decision: Decision, config: NotifyConfi
         "degraded": decision.degraded,
         "failure": str(decision.failure) if decision.failure else None,
         "content_sha256": hashlib.sha256(request.target.encode("utf-8", "surrogatepass")).hexdigest(),
-        "metadata": _jsonable(dict(request.metadata)),
+        "metadata": stored_metadata(request.metadata),
     }
     if config.include_content:
         payload["content"] = request.target
@@ -195,18 +244,17 @@ class Notifier:
     def body(self, request: GuardRequest, decision: Decision) -> bytes:
         event = event_payload(request, decision, self.config)
         payload = slack_payload(event) if self.config.format == "slack" else event
-        return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        return safe_json(payload).encode("utf-8")  # a lone surrogate in metadata cannot break the body
 
     def _deliver(self, client: httpx.Client, request: GuardRequest, decision: Decision) -> bool:
         cfg = self.config
         body = self.body(request, decision)
+        delivery = uuid.uuid4().hex
         headers = {
             "Content-Type": "application/json",
-            DELIVERY_HEADER: uuid.uuid4().hex,
+            DELIVERY_HEADER: delivery,
             EVENT_HEADER: str(decision.action),
         }
-        if cfg.secret:
-            headers[SIGNATURE_HEADER] = sign(cfg.secret, body)
         delay = cfg.backoff_s
         for attempt in range(cfg.max_retries + 1):
             if attempt:
@@ -215,6 +263,8 @@ class Notifier:
                 if self._closing.wait(delay):  # closing: no more waiting, the event is given up
                     return self._gave_up(headers[DELIVERY_HEADER], "notifier closing")
                 delay = min(delay * 2, _MAX_BACKOFF_S)
+            if cfg.secret:  # signed per attempt: a retry carries a fresh timestamp, the same delivery id
+                headers[SIGNATURE_HEADER] = sign(cfg.secret, body, delivery=delivery)
             try:
                 r = client.post(cfg.url, content=body, headers=headers)
             except httpx.HTTPError as exc:
@@ -276,6 +326,7 @@ def attach_notifier(guard: _Hooked, config: NotifyConfig | dict[str, Any]) -> No
 
 
 __all__ = [
+    "DEFAULT_TOLERANCE_S",
     "DELIVERY_HEADER",
     "EVENT_HEADER",
     "SIGNATURE_HEADER",
@@ -284,5 +335,7 @@ __all__ = [
     "event_payload",
     "sign",
     "slack_payload",
+    "verify_event",
     "verify_signature",
+    "WebhookSignatureError",
 ]

@@ -22,14 +22,26 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.middleware.sessions import SessionMiddleware
 
+from ..errors import GuardConfigError
 from ..observe import STATUSES, AuditStore, EscalationAlreadyResolved, EscalationNotFound
 from ..observe.reviews import reviewer_of
-from ..errors import GuardConfigError
 from ..types import Stage
+from .display import finalize, install_filters
 from .queue import AGE_FILTERS, ReviewError, ReviewQueue
-from .security import SECURITY_HEADERS, ReviewAuth, csrf_ok, csrf_token, new_session_id, same_origin
+from .security import (
+    LoginLimiter,
+    ReviewAuth,
+    Sessions,
+    csrf_ok,
+    csrf_token,
+    new_session_id,
+    same_origin,
+    security_headers,
+)
 
 SESSION_COOKIE = "gp_review"
+#: the login form's CSRF nonce: its own cookie, so nothing before login writes the session cookie
+LOGIN_COOKIE = "gp_login"
 SESSION_MAX_AGE_S = 8 * 3600
 
 
@@ -38,8 +50,8 @@ class _NeedLogin(Exception):
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, title: str, message: str):
-        self.status, self.title, self.message = status, title, message
+    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None):
+        self.status, self.title, self.message, self.headers = status, title, message, headers or {}
 
 
 def _when(ts: float | None) -> str:
@@ -63,9 +75,11 @@ def _templates() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=finalize,  # every {{ }}: hidden characters visible, every text encodable (display.py)
     )
     env.filters["when"] = _when
-    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
+    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+    install_filters(env)
     env.globals["reviewer_of"] = reviewer_of
     return env
 
@@ -77,21 +91,27 @@ def create_app(
     guard: Any | None = None,
     secret_key: str | None = None,
     https_only: bool = False,
+    login_limiter: LoginLimiter | None = None,
 ) -> FastAPI:
     """The review app over ``store``. ``guard`` re-checks reviewers' edits (edits are disabled
-    without one). ``secret_key`` signs sessions and CSRF tokens (random per start by default, so
-    a restart logs everyone out)."""
+    without one). ``secret_key`` signs session cookies and CSRF tokens (random per start by
+    default). Sessions live in this process (security.py ``Sessions``): logout, a reviewer's
+    removal or token change, and a restart end them. ``login_limiter``: failed logins allowed per
+    client address (default 10 per 5 minutes)."""
     secret = secret_key or secrets.token_urlsafe(32)
     queue = ReviewQueue(store, guard)
+    sessions = Sessions(auth, SESSION_MAX_AGE_S)
+    limiter = login_limiter or LoginLimiter()
+    headers = security_headers(https_only)
     env = _templates()
     css = resources.files("guardrails_plugin.review").joinpath("static/review.css").read_text("utf-8")
     app = FastAPI(title="guardrails-plugin review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.queue = queue
+    app.state.queue, app.state.sessions = queue, sessions
 
     @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
+    async def security_headers_mw(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
-        for k, v in SECURITY_HEADERS.items():
+        for k, v in headers.items():
             response.headers.setdefault(k, v)
         return response
 
@@ -100,37 +120,63 @@ def create_app(
                        max_age=SESSION_MAX_AGE_S, same_site="strict", https_only=https_only)
 
     # -- helpers ---------------------------------------------------------------------------------
-    def sid(request: Request) -> str:
-        if not request.session.get("sid"):
-            request.session["sid"] = new_session_id()
-        return str(request.session["sid"])
+    def current(request: Request) -> tuple[str, str] | None:
+        """``(reviewer, session id)`` of a live session, else None (nothing is written)."""
+        sid = request.session.get("sid") if SESSION_COOKIE in request.cookies else None
+        who = sessions.reviewer(sid if isinstance(sid, str) else None)
+        return (who, str(sid)) if who else None
 
-    def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
-        flashes = request.session.pop("flash", [])
+    def render(request: Request, name: str, status: int = 200, *, csrf: str | None = None,
+               extra_headers: dict[str, str] | None = None, **ctx: Any) -> HTMLResponse:
+        """A page. Only a live session's page pops flashes or carries its CSRF token: rendering
+        never creates or replaces a session (a 401 to a cross-site post must not log anyone out)."""
+        me = current(request)
+        flashes = request.session.pop("flash", []) if me else []
         html = env.get_template(name).render(
-            reviewer=request.session.get("reviewer"), csrf=csrf_token(secret, sid(request)),
+            reviewer=me[0] if me else None, csrf=csrf if csrf is not None else csrf_token(secret, me[1]) if me else "",
             flashes=flashes, **ctx)
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(html, status_code=status, headers=extra_headers)
 
     def flash(request: Request, level: str, text: str) -> None:
         request.session["flash"] = [*request.session.get("flash", []), [level, text]]
 
     def reviewer(request: Request) -> str:
-        name = request.session.get("reviewer")
-        if not name:
+        me = current(request)
+        if me is None:
             raise _NeedLogin()
-        return str(name)
+        return me[0]
+
+    def check_origin(request: Request) -> None:
+        if not same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"),
+                           str(request.base_url)):
+            raise _Refused(403, "Cross-site request refused", "This form was not sent from this site.")
 
     def check_post(request: Request, csrf: str | None) -> None:
         """CSRF: the form's token must be this session's, and the browser must not say that
         another site sent the post."""
-        if not same_origin(request.headers.get("origin"), request.headers.get("sec-fetch-site"),
-                           str(request.base_url)):
-            raise _Refused(403, "Cross-site request refused", "This form was not sent from this site.")
-        if not csrf_ok(secret, request.session.get("sid"), csrf):
+        check_origin(request)
+        me = current(request)
+        if not csrf_ok(secret, me[1] if me else None, csrf):
             raise _Refused(403, "CSRF check failed",
                            "The form's security token is missing or belongs to another session. "
                            "Reload the page and try again.")
+
+    def login_nonce(request: Request) -> str | None:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        return f"login|{nonce}" if nonce and len(nonce) <= 64 else None
+
+    def login_form(request: Request, next: str, status: int = 200, error: str | None = None,
+                   extra_headers: dict[str, str] | None = None) -> HTMLResponse:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        fresh = not nonce or len(nonce) > 64
+        if fresh:
+            nonce = new_session_id()
+        page = render(request, "login.html", status, csrf=csrf_token(secret, f"login|{nonce}"),
+                      extra_headers=extra_headers, shared=auth.shared, next=_safe_next(next), error=error)
+        if fresh:
+            page.set_cookie(LOGIN_COOKIE, str(nonce), max_age=3600, path="/login", httponly=True,
+                            samesite="strict", secure=https_only)
+        return page
 
     @app.exception_handler(_NeedLogin)
     async def need_login(request: Request, exc: _NeedLogin) -> Response:
@@ -142,11 +188,19 @@ def create_app(
 
     @app.exception_handler(_Refused)
     async def refused(request: Request, exc: _Refused) -> Response:
-        return render(request, "error.html", exc.status, title=exc.title, message=exc.message)
+        return render(request, "error.html", exc.status, extra_headers=exc.headers, title=exc.title,
+                      message=exc.message)
 
     @app.exception_handler(EscalationNotFound)
     async def not_found(request: Request, exc: EscalationNotFound) -> Response:
         return render(request, "error.html", 404, title="Not found", message=f"No escalation {exc.args[0]}.")
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # starlette answers a 500 outside every middleware: the security headers go on here
+        return HTMLResponse("<!doctype html><title>Server error</title><h1>Server error</h1>"
+                            "<p>The review page hit an error; the server log has the details.</p>",
+                            status_code=500, headers=headers)
 
     # -- login -----------------------------------------------------------------------------------
     @app.get("/healthz")
@@ -159,24 +213,39 @@ def create_app(
 
     @app.get("/login", response_class=HTMLResponse)
     def login_page(request: Request, next: str = "/escalations") -> HTMLResponse:
-        return render(request, "login.html", shared=auth.shared, next=_safe_next(next), error=None)
+        return login_form(request, next)
 
     @app.post("/login", response_class=HTMLResponse)
-    def login(request: Request, token: str = Form(""), name: str = Form(""), next: str = Form("/escalations"),
+    def login(request: Request, token: str = Form(""), next: str = Form("/escalations"),
               csrf: str = Form("")) -> Response:
-        check_post(request, csrf)
-        who = auth.login(token, name)
+        check_origin(request)
+        if not csrf_ok(secret, login_nonce(request), csrf):
+            raise _Refused(403, "CSRF check failed", "The sign-in form expired or came from elsewhere. "
+                           "Reload the page and try again.")
+        client = request.client.host if request.client else "?"
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            return login_form(request, next, 429, f"Too many failed sign-ins: try again in {int(wait) + 1} s.",
+                              {"Retry-After": str(int(wait) + 1)})
+        who = auth.login(token)
         if who is None:
-            error = "Invalid reviewer token." if not auth.shared or name.strip() else \
-                "Give your name and a valid reviewer token."
-            return render(request, "login.html", 401, shared=auth.shared, next=_safe_next(next), error=error)
-        request.session.clear()  # a new session id on login: a planted session is worthless
-        request.session.update({"sid": new_session_id(), "reviewer": who})
-        return RedirectResponse(_safe_next(next), status_code=303)
+            limiter.failed(client)
+            return login_form(request, next, 401, "Invalid reviewer token.")
+        limiter.succeeded(client)
+        me = current(request)
+        if me:
+            sessions.close(me[1])
+        request.session.clear()  # a new server-side session on login: a planted one is worthless
+        request.session["sid"] = sessions.open(who)
+        out = RedirectResponse(_safe_next(next), status_code=303)
+        out.delete_cookie(LOGIN_COOKIE, path="/login")
+        return out
 
     @app.post("/logout")
     def logout(request: Request, csrf: str = Form("")) -> Response:
         check_post(request, csrf)
+        me = current(request)
+        sessions.close(me[1] if me else None)  # ended on the server: the old cookie is worthless
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
@@ -252,4 +321,4 @@ def _safe_next(target: str) -> str:
     return target
 
 
-__all__ = ["SESSION_COOKIE", "create_app"]
+__all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "create_app"]

@@ -75,15 +75,15 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(8765, "--port"),
     token: str | None = typer.Option(None, "--token", envvar=TOKEN_ENV, show_envvar=True,
-                                     help="Shared reviewer token (16+ chars); reviewers type their name. "
+                                     help="Shared reviewer token (16+ chars); decisions with it are recorded as \"shared token\". "
                                      "Default: a random one, printed at start."),
     reviewer: list[str] = typer.Option([], "--reviewer", help="NAME:TOKEN, one per reviewer (repeatable); "
-                                       "the token names the reviewer."),
+                                       "the token names the reviewer (prefer these to a shared token)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="Guard config: edits are checked "
                                        "again with its guards before release (edits are off without it)."),
     secret_key: str | None = typer.Option(None, "--secret-key", envvar=SECRET_ENV,
-                                          help="Signs sessions and CSRF tokens (default: random per start)."),
-    https_only: bool = typer.Option(False, "--https-only", help="Secure cookies (behind a TLS proxy)."),
+                                          help="Signs session cookies and CSRF tokens (default: random per start; sessions end on restart either way)."),
+    https_only: bool = typer.Option(False, "--https-only", help="Secure cookies and HSTS (behind a TLS proxy)."),
     scripted_responses: Path | None = typer.Option(None, "--scripted-responses", hidden=True),
 ) -> None:
     """Serve the review page: pending escalations, their detail, approve / reject / edit."""

@@ -4,9 +4,15 @@ when the receiver is slow, dead or refusing (real loopback HTTP receivers)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import re
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from review_support import GREY_WORD, HARM_WORD, Receiver, config_dict, dead_url, make_guard, write_config
@@ -45,9 +51,10 @@ def test_escalation_posts_signed_json(receiver: Receiver) -> None:
     assert hit.path == "/hook"
     assert hit.headers["content-type"] == "application/json"
     assert hit.headers["x-guardrails-event"] == "escalate"
-    assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER.lower()])
-    assert not verify_signature("other", hit.body, hit.headers[SIGNATURE_HEADER.lower()])
-    assert not verify_signature(SECRET, hit.body + b" ", hit.headers[SIGNATURE_HEADER.lower()])
+    sig, delivery = hit.headers[SIGNATURE_HEADER.lower()], hit.headers["x-guardrails-delivery"]
+    assert verify_signature(SECRET, hit.body, sig, delivery)
+    assert not verify_signature("other", hit.body, sig, delivery)
+    assert not verify_signature(SECRET, hit.body + b" ", sig, delivery)
     event = hit.json()
     assert event["event"] == event["action"] == "escalate"
     assert event["request_id"] == d.request_id and event["stage"] == "prompt"
@@ -188,7 +195,9 @@ def test_slack_payload_escapes_control_characters(receiver: Receiver) -> None:
     assert msg["blocks"][0]["text"]["type"] == "mrkdwn"
     assert "&lt;!channel&gt; &amp; &lt;script&gt;" in body and "<!channel>" not in body
     assert f"<http://review.local/request/{d.request_id}|Review it>" in body
-    assert hit.headers[SIGNATURE_HEADER.lower()] == sign(SECRET, hit.body)
+    sig = hit.headers[SIGNATURE_HEADER.lower()]
+    t = int(sig.split(",")[0].removeprefix("t="))
+    assert sig == sign(SECRET, hit.body, delivery=hit.headers["x-guardrails-delivery"], timestamp=t)
 
 
 def test_notify_config_from_yaml_and_validation(tmp_path: Path, receiver: Receiver,
@@ -225,4 +234,70 @@ def test_body_is_what_was_signed(receiver: Receiver) -> None:
         guard.notifier.close()
     (hit,) = receiver.hits
     assert json.loads(hit.body.decode("utf-8"))["risk"] == pytest.approx(0.45)
-    assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER.lower()])
+    assert verify_signature(SECRET, hit.body, hit.headers[SIGNATURE_HEADER.lower()], hit.headers["x-guardrails-delivery"])
+
+
+# -- issue 25, finding 6: the timestamp and the delivery id are signed with the body -----------------
+def _signed_parts(hit: Any) -> tuple[str, str, int]:
+    sig = hit.headers[SIGNATURE_HEADER.lower()]
+    m = re.fullmatch(r"t=(\d+),v1=([0-9a-f]{64})", sig)
+    assert m, sig  # the t=...,v1=... shape of well-known webhook senders
+    return sig, hit.headers["x-guardrails-delivery"], int(m.group(1))
+
+
+def test_a_replayed_delivery_with_another_id_or_an_old_timestamp_fails_verification(receiver: Receiver) -> None:
+    from guardrails_plugin.observe.webhooks import DEFAULT_TOLERANCE_S, WebhookSignatureError, verify_event
+
+    guard = make_guard(notify=notify(receiver.url))
+    try:
+        guard.check_prompt(f"{GREY_WORD} replay me")
+        assert guard.notifier.flush(10)
+    finally:
+        guard.notifier.close()
+    (hit,) = receiver.hits
+    sig, delivery, t = _signed_parts(hit)
+    assert abs(time.time() - t) < 120 and DEFAULT_TOLERANCE_S == 300
+    assert verify_event(SECRET, hit.body, sig, delivery) == t
+    # a replayer changes the delivery id to pass de-duplication: the signature no longer matches
+    with pytest.raises(WebhookSignatureError, match="does not match"):
+        verify_event(SECRET, hit.body, sig, uuid.uuid4().hex)
+    # the same delivery replayed later than the tolerance
+    with pytest.raises(WebhookSignatureError, match="tolerance"):
+        verify_event(SECRET, hit.body, sig, delivery, now=t + DEFAULT_TOLERANCE_S + 1)
+    assert verify_signature(SECRET, hit.body, sig, delivery, now=t + DEFAULT_TOLERANCE_S - 1)
+    # a forged timestamp: the signature covers it
+    forged = sig.replace(f"t={t}", f"t={t + 60}")
+    assert not verify_signature(SECRET, hit.body, forged, delivery, now=t + 60)
+    # a body-only HMAC (the old scheme) is no signature now
+    old = "sha256=" + hmac.new(SECRET.encode(), hit.body, hashlib.sha256).hexdigest()
+    assert not verify_signature(SECRET, hit.body, old, delivery)
+    # secret rotation: any of several secrets may match
+    assert verify_signature(["new-secret", SECRET], hit.body, sig, delivery)
+    assert not verify_signature(SECRET, hit.body, None, delivery) and not verify_signature(SECRET, hit.body, sig, None)
+
+
+def test_every_attempt_is_signed_afresh_with_the_same_delivery_id() -> None:
+    rec = Receiver(statuses=[503])
+    guard = make_guard(notify=notify(rec.url, max_retries=2))
+    try:
+        guard.check_prompt(f"{GREY_WORD} retried")
+        assert guard.notifier.flush(10)
+    finally:
+        guard.notifier.close()
+        rec.close()
+    assert len(rec.hits) == 2
+    parts = [_signed_parts(h) for h in rec.hits]
+    assert parts[0][1] == parts[1][1]  # one delivery id
+    assert all(verify_signature(SECRET, h.body, sig, d) for h, (sig, d, _) in zip(rec.hits, parts))
+
+
+def test_a_lone_surrogate_in_metadata_is_delivered_as_valid_json(receiver: Receiver) -> None:
+    guard = make_guard(notify=notify(receiver.url))
+    try:
+        guard.check_prompt(f"{GREY_WORD} x", metadata={"user": "bad \ud800 name \u202e"})
+        assert guard.notifier.flush(10)
+    finally:
+        guard.notifier.close()
+    (hit,) = receiver.hits
+    assert json.loads(hit.body.decode("utf-8"))["metadata"]["user"] == "bad \ud800 name \u202e"
+    assert b"\\u202e" in hit.body  # the bidi control travels escaped

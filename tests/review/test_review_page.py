@@ -75,7 +75,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     assert len(set(ids.values())) == 4
     cfg = write_config(root / "guard.yaml")
     rules = write_rules(root / "rules.json")
-    proc, url = start_review_server(db, root, "--token", TOKEN, "--config", str(cfg),
+    proc, url = start_review_server(db, root, "--reviewer", f"Dana Reviewer:{TOKEN}", "--config", str(cfg),
                                     "--scripted-responses", str(rules))
     driver = start_chromium(root / "profile")
     try:
@@ -145,12 +145,11 @@ def escalation(site: dict[str, Any], id: int) -> Any:
         store.close()
 
 
-def login(site: dict[str, Any], token: str = TOKEN, name: str = "Dana Reviewer") -> None:
+def login(site: dict[str, Any], token: str = TOKEN) -> None:
     d = site["driver"]
     d.get(site["url"] + "/escalations")
     assert "/login" in d.current_url  # not signed in: sent to the login page
-    by_id(d, "name").send_keys(name)
-    by_id(d, "token").send_keys(token)
+    by_id(d, "token").send_keys(token)  # the token names the reviewer
     click(d, by_id(d, "login-submit"))
 
 

@@ -198,8 +198,7 @@ def test_login_tokens_and_session_cookie(client: TestClient) -> None:
     assert client.get("/escalations", follow_redirects=False).status_code == 303
     r = sign_in(client, token="alice-token-0123456789", name="Mallory")  # the token names the reviewer
     assert r.status_code == 303
-    cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"{SESSION_COOKIE}=")
+    (cookie,) = [c for c in r.headers.get_list("set-cookie") if c.startswith(f"{SESSION_COOKIE}=")]
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert '<strong id="reviewer">alice</strong>' in client.get("/escalations").text
     # login without the form's CSRF token is refused
@@ -207,9 +206,11 @@ def test_login_tokens_and_session_cookie(client: TestClient) -> None:
     client.get("/login")
     r = client.post("/login", data={"token": TOKEN, "name": "x"}, follow_redirects=False)
     assert r.status_code == 403
-    # shared token: a name is required
-    r = sign_in(client, name="   ")
-    assert r.status_code == 401
+    # shared token: a typed name is no identity; the holder is recorded as "shared token"
+    client.cookies.clear()
+    r = sign_in(client, name="alice")
+    assert r.status_code == 303
+    assert '<strong id="reviewer">shared token</strong>' in client.get("/escalations").text
 
 
 def test_security_headers_and_open_redirect(client: TestClient) -> None:
