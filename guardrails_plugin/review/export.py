@@ -18,12 +18,12 @@ the provenance; the loader ignores them.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..observe import AuditStore, Escalation
+from ..observe.reviews import safe_json
 from ..types import Stage
 from .queue import ReviewError, ReviewQueue, review_kind
 
@@ -77,17 +77,18 @@ def write_rows(rows: Iterable[dict[str, Any]], path: Path) -> int:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         cols = list(dict.fromkeys(k for r in rows for k in r))
-        with path.open("w", encoding="utf-8", newline="") as f:
+        # backslashreplace: a lone surrogate in stored text is written as \udXXX, never a crash
+        with path.open("w", encoding="utf-8", errors="backslashreplace", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
             for r in rows:
                 w.writerow({k: ", ".join(v) if isinstance(v, list) else v for k, v in r.items()})
     elif suffix == ".json":
-        path.write_text(json.dumps(rows, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        path.write_text(safe_json(rows, indent=1) + "\n", encoding="utf-8")
     else:
         with path.open("w", encoding="utf-8") as f:
             for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.write(safe_json(r) + "\n")
     return len(rows)
 
 
