@@ -206,7 +206,8 @@ class Guard:
         from .stream.monitor import StreamChecks
 
         return StreamChecks(check=self.acheck, config=self.config, policy=self.policy, runtime=self._runtime,
-                            release_session=self.release_session, observe=lambda s: observe_monitor(s, guard=self))
+                            release_session=self.release_session, observe=lambda s: observe_monitor(s, guard=self),
+                            hold_chars=self.redactor.hold_chars)
 
     # -- internals ----------------------------------------------------------------------------
     async def _acheck(self, request: GuardRequest) -> Decision:

@@ -11,10 +11,10 @@ from .drive import TurnRunner, Verdicts, adrive, ajudge, drive, judge
 from .extract import Part, PartKind, approx_tokens, extract_deltas, parts_of, tool_call_text
 from .monitor import MonitorStats, ReasoningMonitor, StreamChecks
 from .track import Check, Track
-from .turn import TurnGuard
+from .turn import Edited, TurnGuard
 
 __all__ = [
-    "Check", "MonitorStats", "Part", "PartKind", "ReasoningMonitor", "StreamChecks", "Track", "TurnGuard",
+    "Check", "Edited", "MonitorStats", "Part", "PartKind", "ReasoningMonitor", "StreamChecks", "Track", "TurnGuard",
     "TurnRunner", "Verdicts", "adrive", "ajudge", "approx_tokens", "drive", "extract_deltas", "judge",
     "parts_of", "tool_call_text",
 ]

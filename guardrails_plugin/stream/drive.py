@@ -37,6 +37,7 @@ class TurnRunner:
     def of(cls, deps: StreamChecks, query: Any = "", *, local: bool = False, **turn_kw: Any) -> TurnRunner:
         """A runner of a new TurnGuard whose unreadable parts go to ``deps``' fail mode."""
         meta = turn_kw.get("metadata")
+        turn_kw.setdefault("hold_chars", deps.hold_chars)
         turn = TurnGuard(deps.config, query, unreadable=lambda stage, why: deps.unreadable(stage, why, meta), **turn_kw)
         return cls(turn, deps, local=local)
 

@@ -50,6 +50,8 @@ class StreamChecks:
     runtime: LoopThread  # runs checks for sync callers
     release_session: Callable[[str], None] = lambda session_id: None
     observe: Callable[[MonitorStats], None] | None = None
+    #: how much a held-back stream of a stage keeps back so no detector's value is partly released
+    hold_chars: Callable[[Stage], int] = lambda stage: 0
 
     def unreadable(self, stage: Stage, why: str, metadata: dict[str, Any] | None = None) -> Decision:
         """The stage's fail-mode decision for content no guard can read: unknown is unsafe."""

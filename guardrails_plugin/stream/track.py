@@ -11,8 +11,15 @@ delta at once: nothing of it shows before a check, so its first check must not w
 
 Hold-back decides what may be released: with it, only text an ALLOWing check has covered; without
 it, everything (a blocking check then stops the stream, and the tokens released past the blocking
-prefix are the detection lag this track reports). BLOCK and REDACT both stop a track: a redaction
-of a streamed prefix cannot be applied to text already sent.
+prefix are the detection lag this track reports). BLOCK stops a track; so does REDACT, except on a
+held-back track that ``redacts`` (its owner can write edited text): there a REDACT's spans are
+kept, the checked prefix counts as covered, and the text released from then on is the redacted
+form (``redacted``); text already released is never rewritten, and later text is still judged.
+
+``hold_chars``: a held-back track keeps this much of its covered text back until its end check
+(the longest value a span detector matches), and never releases into a span that is cut by the
+release point or that reaches the judged end (a value may still be growing): a card number split
+over deltas is judged whole before any of it goes out.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import uuid
 
 from pydantic import BaseModel
 
-from ..types import Action, Decision, Stage
+from ..redaction.apply import merge, redact_slice
+from ..types import Action, Decision, RedactedSpan, Stage
 from .extract import approx_tokens
 
 
@@ -73,9 +81,15 @@ class Track:
     """See the module docstring. Not thread-safe: the owner serialises calls."""
 
     def __init__(
-        self, stage: Stage, *, every: int, hold_back: bool, paragraphs: bool = True, session_id: str | None = None
+        self, stage: Stage, *, every: int, hold_back: bool, paragraphs: bool = True, session_id: str | None = None,
+        redacts: bool = False, hold_chars: int = 0,
     ):
         self.stage = stage
+        self.redacts = redacts and hold_back  # a released prefix cannot be edited: only held text is
+        self.hold_chars = hold_chars if hold_back else 0
+        self.spans: list[RedactedSpan] = []  # every REDACT's spans so far (track offsets), merged
+        self.redaction: Decision | None = None  # the latest REDACT that kept the track going
+        self._spans_at = 0  # chars of the newest check whose spans are in ``spans``
         self.every = every
         self.hold_back = hold_back
         self.paragraphs = paragraphs
@@ -158,7 +172,21 @@ class Track:
             self.inflight = None
         self.last_decision = decision
         if self.decision is None:
-            if stops(decision):
+            if self.redacts and decision.action is Action.REDACT and decision.redaction is not None:
+                # the spans of the checked prefix are known: it is covered, in its redacted form. The
+                # newest check saw the most text, so over text not yet released its spans replace
+                # older ones (a sentence localised around a half-streamed value gives way to the
+                # value's exact span); spans already (partly) released stay.
+                new = list(decision.redaction.spans)
+                if check.chars >= self._spans_at:
+                    self._spans_at = check.chars
+                    kept = [sp for sp in self.spans if sp.start < self.released]
+                else:  # an older check landing late: the newer REDACT judged a superset of its text
+                    kept, new = self.spans, []
+                self.spans = merge([*kept, *new])
+                self.redaction = decision
+                self.covered = max(self.covered, check.chars)
+            elif stops(decision):
                 self._abort(decision, check)
             else:
                 self.covered = max(self.covered, check.chars)
@@ -186,6 +214,24 @@ class Track:
 
     def release(self, chars: int) -> None:
         self.released = max(self.released, chars)
+
+    def safe(self) -> int:
+        """How far the text may be released now: the covered prefix, less ``hold_chars`` and any
+        span the cut would split or that reaches the judged end, until the end check is in."""
+        n = self.covered
+        if self.hold_chars == 0 and not self.spans:
+            return n
+        if self.settled and n >= self.chars:
+            return n  # the end check covered everything: nothing can grow any more
+        n -= self.hold_chars
+        for sp in self.spans:
+            if sp.start < n < sp.end or (sp.end >= self.covered and sp.start < n):
+                n = sp.start
+        return max(n, min(self.released, self.covered))
+
+    def redacted(self, start: int, end: int, strategy: str, placeholder: str, salt: str | None = None) -> str:
+        """``text[start:end]`` as released: with this track's spans replaced."""
+        return redact_slice(self.text, self.spans, start, end, strategy, placeholder, salt)
 
     def _abort(self, decision: Decision, check: Check) -> None:
         self.decision = decision

@@ -19,9 +19,16 @@ The rules:
   ``hold_tools``, held (with everything after them) until the whole turn has passed its checks,
   whatever the answer's hold-back: a blocked turn loses its tool calls, not even a fragment of
   their arguments goes out.
-* **Stops.** The first BLOCK or REDACT of any check stops the turn (a redaction cannot be applied
-  to text already sent), as does reasoning of a shape nobody can read under a closed fail mode.
-  Nothing is released after a stop.
+* **Stops.** The first BLOCK of any check stops the turn, as does reasoning of a shape nobody can
+  read under a closed fail mode. Nothing is released after a stop. A REDACT stops it too, unless
+  the owner can write edited items (``redact_edits``) and the track holds its text back:
+* **Redaction keeps the stream going** (issue 26). A REDACT's spans apply to the text released
+  from then on: an item whose parts a span touches leaves as ``Edited(item, parts)`` with the
+  redacted part texts (the integration writes them into its wire item); text already released is
+  never rewritten; later text is still judged (a later BLOCK still stops). Each track holds back
+  the longest detector match (``hold_chars``), so a value split over deltas is never partly
+  released. A tool call whose arguments a span touches is dropped (``dropped``; ``notes`` says so),
+  never run with altered arguments, unless ``redaction.tool_calls`` is ``edit``.
 * **Clean-up.** ``tracks`` lists every track: the caller frees their sessions (KV caches) and
   records their stats (detection lag: tokens released past the blocking prefix) when done.
 """
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..content import normalize_text
@@ -52,12 +60,24 @@ class _Choice:
 
 
 class _Held:
-    __slots__ = ("item", "needs", "ends")
+    __slots__ = ("item", "needs", "ends", "parts")
 
-    def __init__(self, item: Any, needs: list[tuple[Track, int]], ends: list[tuple[Track, int]]):
+    def __init__(self, item: Any, needs: list[tuple[Track, int]], ends: list[tuple[Track, int]],
+                 parts: list[tuple[Part, Track | None, int, int]]):
         self.item = item
         self.needs = needs  # (track, chars) that must be covered before the item may go
         self.ends = ends  # (track, chars) released with it
+        self.parts = parts  # each part with the track range it fed (None: judged by no track)
+
+
+@dataclass(frozen=True)
+class Edited:
+    """A released item whose text a REDACT changed: ``parts`` are its parts, in the order they were
+    fed, with the text to send instead (a part whose text is all inside a span that began in an
+    earlier part becomes empty). The integration writes them into ``item`` (its own wire format)."""
+
+    item: Any
+    parts: list[Part]
 
 
 #: a need met only when the whole turn has passed: tool calls leave with a clean turn or never
@@ -82,6 +102,8 @@ class TurnGuard:
         unreadable: Unreadable | None = None,
         request_id: str | None = None,
         metadata: dict[str, Any] | None = None,
+        redact_edits: bool = False,
+        hold_chars: Callable[[Stage], int] | None = None,
     ):
         q = normalize_text(query, what="query")
         self.query = q.value
@@ -94,6 +116,12 @@ class TurnGuard:
         self.hold_tools = hold_tools
         self.gate_answer = gate_answer
         self._refusal = config.refusal_message
+        self._config = config
+        self.redact_edits = redact_edits
+        self._hold_chars = {s: (hold_chars(s) if hold_chars is not None and config.may_redact(s) else 0) for s in self._hold}
+        #: tool-call items dropped because a redaction touched their arguments
+        self.dropped: list[Any] = []
+        self.notes: list[str] = []
         self._unreadable = unreadable
         self.request_id = request_id
         self.metadata = dict(metadata or {})
@@ -115,20 +143,26 @@ class TurnGuard:
         due: list[Check] = []
         needs: list[tuple[Track, int]] = []
         ends: list[tuple[Track, int]] = []
+        fed: list[tuple[Part, Track | None, int, int]] = []
         for p in parts:
             if not p.text:
+                fed.append((p, None, 0, 0))
                 continue
             choice = self.choices.get(p.index) or self.choices.setdefault(p.index, _Choice())
             if p.kind is PartKind.REASONING:
                 if self.judges[Stage.REASONING]:
-                    self._add(self._segment(choice), p.text, due, needs, ends)
+                    self._add(self._segment(choice), p, due, needs, ends, fed)
+                else:
+                    fed.append((p, None, 0, 0))
             elif p.kind is PartKind.UNKNOWN:
                 if self.judges[Stage.REASONING] and not self._unknown(p.text):
                     return []
+                fed.append((p, None, 0, 0))
             elif p.kind is PartKind.UNKNOWN_ANSWER:  # the response stage's fail mode (else the reasoning's)
                 stage = Stage.RESPONSE if self.judges[Stage.RESPONSE] else Stage.REASONING
                 if self.judges[stage] and not self._unknown(p.text, stage):
                     return []
+                fed.append((p, None, 0, 0))
             else:
                 seg = choice.segments[-1] if choice.segments else None
                 if seg is not None and self.gate_answer:
@@ -140,17 +174,21 @@ class TurnGuard:
                         needs.append((seg, seg.chars))
                 if self.judges[Stage.RESPONSE]:
                     track = choice.answer or self._new_track(Stage.RESPONSE, choice)
-                    self._add(track, p.text, due, needs, ends)
+                    self._add(track, p, due, needs, ends, fed)
                     if p.kind is PartKind.TOOL_CALL and self.hold_tools:
                         needs.append(_WHOLE_TURN)
-        self._held.append(_Held(item, needs, ends))
+                else:
+                    fed.append((p, None, 0, 0))
+        self._held.append(_Held(item, needs, ends, fed))
         return due
 
-    def _add(self, track: Track, text: str, due: list[Check], needs: list, ends: list) -> None:
-        check = track.add(text)
+    def _add(self, track: Track, part: Part, due: list[Check], needs: list, ends: list, fed: list) -> None:
+        start = track.chars
+        check = track.add(part.text)
         if check is not None:
             due.append(check)
         ends.append((track, track.chars))
+        fed.append((part, track, start, track.chars))
         if track.hold_back:
             needs.append((track, track.chars))
 
@@ -160,7 +198,8 @@ class TurnGuard:
         return choice.segments[-1]
 
     def _new_track(self, stage: Stage, choice: _Choice) -> Track:
-        track = Track(stage, every=self._every[stage], hold_back=self._hold[stage])
+        track = Track(stage, every=self._every[stage], hold_back=self._hold[stage], redacts=self.redact_edits,
+                      hold_chars=self._hold_chars[stage])
         self.tracks.append(track)
         if stage is Stage.REASONING:
             choice.segments.append(track)
@@ -212,13 +251,37 @@ class TurnGuard:
         passed = self.ended and self.stop is None and all(t.settled for t in self.tracks)
         while held and self.stop is None:
             h = held[0]
-            if any((t.covered < n) if t is not None else not passed for t, n in h.needs):
+            if any((t.safe() < n) if t is not None else not passed for t, n in h.needs):
                 break
             held.popleft()
             for t, n in h.ends:
                 t.release(n)
-            out.append(h.item)
+            item = self._edited(h)
+            if item is not None:
+                out.append(item)
         return out
+
+    def _edited(self, h: _Held) -> Any:
+        """The item as it may leave: as it came, ``Edited`` with redacted part texts, or None when
+        it is a tool call whose arguments a redaction touched (dropped, unless the user opted in)."""
+        if not any(t is not None and t.spans and any(sp.start < e and sp.end > s for sp in t.spans)
+                   for _, t, s, e in h.parts):
+            return h.item
+        parts: list[Part] = []
+        for p, t, s, e in h.parts:
+            if t is None or not t.spans:
+                parts.append(p)
+                continue
+            rc = self._config.stage(t.stage).redaction
+            text = t.redacted(s, e, rc.strategy, self._config.redact_placeholder, rc.hash_salt)
+            if p.kind is PartKind.TOOL_CALL and text != p.text and rc.tool_calls == "drop":
+                self.dropped.append(h.item)
+                note = "a tool call was dropped: a redaction touched its arguments"
+                if note not in self.notes:
+                    self.notes.append(note)
+                return None
+            parts.append(Part(p.kind, text, p.index))
+        return Edited(h.item, parts)
 
     @property
     def held(self) -> int:
@@ -267,7 +330,11 @@ class TurnGuard:
         if choice is None:
             return ""
         tracks = choice.segments if stage is Stage.REASONING else [choice.answer] if choice.answer else []
-        return "".join(t.text[: t.released] for t in tracks)
+        out = []
+        for t in tracks:
+            rc = self._config.stage(t.stage).redaction
+            out.append(t.redacted(0, t.released, rc.strategy, self._config.redact_placeholder, rc.hash_salt))
+        return "".join(out)
 
     def __repr__(self) -> str:
         return f"TurnGuard(tracks={len(self.tracks)}, held={len(self._held)}, stop={self.stop and self.stop.reason!r})"

@@ -244,3 +244,25 @@ def register(mutation: Callable[..., None]) -> None:
         new="",
         tests=["tests/litellm/test_litellm_answers.py::test_upstream_failures_become_a_clean_error_and_the_proxys_own_stay"],
     )
+
+    # ---- redaction (issue 26) ------------------------------------------------------------------------
+    # A value split over deltas is judged whole before any of it is released: the mutant releases
+    # all the covered text at once, so the start of a card number leaves before its span was judged.
+    mutation(
+        id="redaction-value-released-before-its-span-was-judged",
+        prop="no partial value in a redacted stream",
+        path="guardrails_plugin/stream/track.py",
+        old="        n -= self.hold_chars\n",
+        new="        return n\n",
+        tests=["tests/redaction/test_stream_redaction.py"],
+    )
+    # A localising check without a verdict redacts the whole window: the mutant counts a piece that
+    # got no verdict as safe, so only the pieces judged harmful are redacted and the unjudged one shows.
+    mutation(
+        id="redaction-localisation-fails-open",
+        prop="fail-closed (localisation)",
+        path="guardrails_plugin/redaction/localise.py",
+        old="    bad = next((v for v in verdicts if not v.ok), None)",
+        new="    verdicts, bad = [v if v.ok else v.model_copy(update={'risk': 0.0}) for v in verdicts], None",
+        tests=["tests/redaction/test_redaction_table.py"],
+    )

@@ -149,3 +149,11 @@ def test_a_failing_localising_check_redacts_the_whole_window(failure):
     assert (d.action, d.text) == (Action.REDACT, "[REDACTED]")
     assert "localisation failed" in d.redaction.fallback
     assert "localisation failed" in d.detail
+
+
+def test_one_piece_without_a_verdict_redacts_the_whole_window_not_just_the_flagged_piece():
+    rules = [("pipe bomb", {"risk": 0.9, "categories": ["VIO"]}), ("Bake", "unavailable")]
+    guard = redacting_guard(rules)
+    d = guard.check_response(prompt="q", response="Bread needs flour. Then build a pipe bomb. Bake it.")
+    assert (d.action, d.text) == (Action.REDACT, "[REDACTED]")
+    assert [s.by for s in d.redaction.spans] == ["window"]
