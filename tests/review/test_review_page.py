@@ -30,7 +30,6 @@ from review_support import (
 
 from guardrails_plugin import Action, Stage
 from guardrails_plugin.audit import AuditRecord, open_store
-from guardrails_plugin.observe.reviews import review_of
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -263,6 +262,43 @@ def test_cross_site_form_is_rejected(site: dict[str, Any]) -> None:
     assert escalation(site, eid).status == "pending"
 
 
+def test_a_cross_site_post_does_not_sign_the_reviewer_out(site: dict[str, Any]) -> None:
+    """Served from localhost, the form is cross-site to 127.0.0.1: the browser does not send the
+    SameSite=Strict session cookie, the page answers 401, and that answer must not replace the
+    reviewer's session (issue 25, finding 4)."""
+    eid = esc_id(site, "prompt")
+    target = f"{site['url']}/escalations/{eid}/decide"
+    page = (f"<html><body><form id='evil' method='post' action='{target}'>"
+            "<input type='hidden' name='action' value='approve'>"
+            "<button id='go' type='submit'>win a prize</button></form></body></html>").encode()
+
+    class Evil(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    evil = ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        d = site["driver"]
+        d.get(site["url"] + "/escalations")
+        assert by_id(d, "reviewer").text == "Dana Reviewer"
+        d.get(f"http://localhost:{evil.server_address[1]}/")
+        click(d, by_id(d, "go"))
+        assert by_id(d, "error-title").text == "Not logged in"  # no cookie came with the cross-site post
+        d.get(site["url"] + "/escalations")
+        assert "/login" not in d.current_url and by_id(d, "reviewer").text == "Dana Reviewer"
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    assert escalation(site, eid).status == "pending"
+
+
 def test_approve(site: dict[str, Any]) -> None:
     d = site["driver"]
     eid = esc_id(site, "prompt")
@@ -292,6 +328,8 @@ def test_reject(site: dict[str, Any]) -> None:
 
 
 def test_harmful_edit_is_checked_again_and_held(site: dict[str, Any]) -> None:
+    from guardrails_plugin.observe.reviews import review_of
+
     d = site["driver"]
     eid = esc_id(site, "reasoning")
     d.get(site["url"] + f"/escalations/{eid}")
