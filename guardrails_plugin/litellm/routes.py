@@ -41,50 +41,50 @@ class RouteHooks:
 
     # -- /guardrails/apply_guardrail ---------------------------------------------------------------
     async def apply_guardrail(self, inputs: Any, request_data: dict, input_type: Any, logging_obj: Any = None) -> Any:
-        g: Any = self
+        rail: Any = self  # the guardrail itself (this is its mixin)
         texts = [t for t in (inputs or {}).get("texts") or () if isinstance(t, str)]
         stage = Stage.RESPONSE if input_type == "response" else Stage.PROMPT
-        if not texts or not g.guards(stage):
+        if not texts or not rail.guards(stage):
             return inputs
         rid = request_data.get("litellm_call_id") if isinstance(request_data.get("litellm_call_id"), str) else None
-        meta = {"guardrail": g._name(), "route": "apply_guardrail"}
+        meta = {"guardrail": rail._name(), "route": "apply_guardrail"}
         out: list[str] = []
         for text in texts:
             try:
                 if stage is Stage.PROMPT:
                     msgs = request_data.get("messages")
                     content: Any = [*msgs, {"role": "user", "content": text}] if isinstance(msgs, list) and msgs else text
-                    d = await g.guard.acheck_prompt(content, request_id=rid, metadata=meta)
+                    d = await rail.guard.acheck_prompt(content, request_id=rid, metadata=meta)
                 else:
-                    d = await g.guard.acheck_response(prompt=g.query_text(request_data), response=text,
+                    d = await rail.guard.acheck_response(prompt=rail.query_text(request_data), response=text,
                                                       request_id=rid, metadata=meta)
             except GuardInputError as exc:
-                d = g.guard.stream_checks().unreadable(stage, str(exc), meta)
-            if d.blocked or d.action is Action.ESCALATE and g.guard.config.escalation_hold:
-                raise await g._refuse(d)
+                d = rail.guard.stream_checks().unreadable(stage, str(exc), meta)
+            if d.blocked or d.action is Action.ESCALATE and rail.guard.config.escalation_hold:
+                raise await rail._refuse(d)
             out.append(d.text if d.action is Action.REDACT else text)
         return {**inputs, "texts": out}
 
     # -- deployment hooks: model calls that skipped the proxy's hooks -----------------------------------
     async def async_pre_call_deployment_hook(self, kwargs: dict, call_type: Any) -> dict | None:
-        g: Any = self
+        rail: Any = self  # the guardrail itself (this is its mixin)
         kind = endpoint(getattr(call_type, "value", call_type))
-        if kind is None or g._pre_call_hook_already_ran(kwargs) or not g.guards(Stage.PROMPT):
+        if kind is None or rail._pre_call_hook_already_ran(kwargs) or not rail.guards(Stage.PROMPT):
             return kwargs  # an endpoint we do not read here keeps what its route decided
-        if g.should_run_guardrail(data=kwargs, event_type=GuardrailEventHooks.pre_call) is not True:
+        if rail.should_run_guardrail(data=kwargs, event_type=GuardrailEventHooks.pre_call) is not True:
             return kwargs
-        await g._check_prompt(kwargs, call_type, GuardrailEventHooks.pre_call)
+        await rail._check_prompt(kwargs, call_type, GuardrailEventHooks.pre_call)
         for meta in _meta_dicts(kwargs):
             meta[DEPLOYMENT_CHECKED] = True
         return kwargs
 
     async def async_post_call_success_deployment_hook(self, request_data: dict, response: Any, call_type: Any) -> Any:
-        g: Any = self
+        rail: Any = self  # the guardrail itself (this is its mixin)
         if not any(m.get(DEPLOYMENT_CHECKED) for m in _meta_dicts(request_data)) or request_data.get("stream") is True:
             return None
-        if g.should_run_guardrail(data=request_data, event_type=GuardrailEventHooks.post_call) is not True:
+        if rail.should_run_guardrail(data=request_data, event_type=GuardrailEventHooks.post_call) is not True:
             return None
-        return await g.async_post_call_success_hook(request_data, None, response)
+        return await rail.async_post_call_success_hook(request_data, None, response)
 
 
 
