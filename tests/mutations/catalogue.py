@@ -156,6 +156,43 @@ def register(mutation: Callable[..., None]) -> None:
         new="        why = None",
         tests=["tests/langchain/test_langchain_hitl.py", "-k", "harmful_edit"],
     )
+    # ---- escalation review (issue 25) ----------------------------------------------------------------
+    # An edit released on a degraded or disabled verdict: a fail-open pass or a disabled stage
+    # judged nothing, so its ALLOW must not release a reviewer's edit (page, Python API, LangChain).
+    mutation(
+        id="review-edit-released-on-degraded-verdict",
+        prop="escalation: a release is judged",
+        path="guardrails_plugin/observe/reviews.py",
+        old="    if d.degraded or d.failure is not None or not all(v.ok for v in d.verdicts):",
+        new="    if False:",
+        tests=["tests/review/test_review_trail.py"],
+    )
+    mutation(
+        id="review-edit-released-on-disabled-stage",
+        prop="escalation: a release is judged",
+        path="guardrails_plugin/observe/reviews.py",
+        old="    if d.reason == STAGE_DISABLED or not d.verdicts:",
+        new="    if False:",
+        tests=["tests/review/test_review_trail.py"],
+    )
+    # Caller metadata overrides the plugin's own fields: a caller's dict at the plugin's key, or
+    # a caller key inside its namespace, must never pass for the plugin's query or review trail.
+    mutation(
+        id="review-caller-metadata-overrides-plugin-fields",
+        prop="escalation: the review trail is the plugin's",
+        path="guardrails_plugin/observe/records.py",
+        old="        if key == TRAIL_KEY and isinstance(v, Trail):",
+        new="        if key == TRAIL_KEY and isinstance(v, dict):",
+        tests=["tests/review/test_review_trail.py"],
+    )
+    mutation(
+        id="review-caller-namespace-key-trusted",
+        prop="escalation: the review trail is the plugin's",
+        path="guardrails_plugin/observe/records.py",
+        old="        elif key == TRAIL_KEY or key.startswith(TRAIL_PREFIX):",
+        new="        elif key == TRAIL_KEY:",
+        tests=["tests/review/test_review_trail.py"],
+    )
     # v3 agent stream: answer text waits for its check (the mutant releases it at once).
     mutation(
         id="v3-stream-releases-unchecked-answer",
