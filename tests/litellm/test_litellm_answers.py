@@ -72,6 +72,24 @@ async def test_benign_logprobs_and_audio_are_left_alone():
     assert r.choices[0].message.audio.transcript == "Paris is nice."
 
 
+def redacting(rendered: str) -> str:
+    if "Human user:\n" in rendered and "555-0100" in rendered.rsplit("AI assistant:\n", 1)[-1]:
+        return "Reasoning.\nAnswers: \nRequest: unharmful\nCompletion: compliance\nResponse: harmful\n"
+    return scripted_verdict(rendered)
+
+
+async def test_a_redacted_chat_answer_loses_its_logprobs_and_one_beside_the_content_is_refused():
+    guard = Guard(GuardConfig(category_actions={"S7": "redact"}, stages={"response": {"flagged_action": "redact"}}),
+                  engine=ScriptedEngine(redacting))
+    g = GuardrailsPluginGuardrail(guard=guard, guardrail_name="t", event_hook=["pre_call", "post_call"])
+    r = await post(g, chat(content="Call 555-0100.", logprobs=lp(["Call ", "555-0100", "."])))
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].logprobs is None
+    assert "555-0100" not in r.model_dump_json() and r.choices[0].message.content  # redacted in place
+    both = await post(g, chat(content="Call 555-0100.", audio={"id": "a", "data": "", "expires_at": 1,
+                                                              "transcript": "Call 555-0100."}))
+    assert both.choices[0].finish_reason == "content_filter" and "555-0100" not in both.model_dump_json()
+
+
 # -- finding 2: beside the content, and fields nobody knows --------------------------------------------
 def test_a_chat_message_is_read_beside_its_content():
     m = Message(content=None, refusal=f"r {HARM}", audio={"id": "a", "data": "", "expires_at": 1, "transcript": "t"},
