@@ -93,3 +93,31 @@ def test_opting_in_runs_the_tool_call_with_edited_arguments():
     items = ["Sending now. ", ("tool", '{"to": "bob@example.com"}')]
     shown, _ = _run(guard, items)
     assert shown[-1] == '{"to": "[REDACTED]"}'
+
+
+def _step(guard, items, **kw):
+    """The sans-IO turn guard with each check run to its verdict before the next delta arrives (the
+    guard keeps up), so every release point is exercised. Returns what went out after each delta."""
+    from guardrails_plugin.stream import TurnGuard
+
+    turn = TurnGuard(guard.config, "What is on file?", redact_edits=True, check_every_tokens=2,
+                     hold_chars=guard.redactor.hold_chars, **kw)
+    shown: list[str] = []
+
+    def run(checks):
+        for c in checks:
+            run(turn.complete(c, guard.check(turn.request(c))))
+
+    for i, item in enumerate([*items, None]):
+        run(turn.feed(item, [Part(A, item)]) if item is not None else turn.end())
+        out = turn.release()
+        shown.append("".join(p.text for x in out for p in (x.parts if isinstance(x, Edited) else [Part(A, x)])))
+        assert turn.stop is None, i
+    return shown
+
+
+def test_no_prefix_of_a_split_value_leaves_even_when_every_check_lands_at_once():
+    shown = _step(redacting_guard(detectors=["credit_card"]), CARD_SPLIT)
+    assert "".join(shown) == "Hello! Your card is [REDACTED] and it expires soon. Thanks for asking."
+    for piece in shown:  # a released "4111 11" (or its sentence redacted around it) would show here
+        assert "4111" not in piece and "11 1111" not in piece
