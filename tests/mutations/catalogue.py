@@ -50,7 +50,7 @@ def register(mutation: Callable[..., None]) -> None:
         id="turn-holdback-releases-unchecked",
         prop="hold-back (in-process)",
         path="guardrails_plugin/stream/turn.py",
-        old="            if any((t.covered < n) if t is not None else not passed for t, n in h.needs):\n                break",
+        old="            if any((t.safe() < n) if t is not None else not passed for t, n in h.needs):\n                break",
         new="            if False:\n                break",
         tests=["tests/stream/test_turn_guard.py", "tests/stream/test_monitor.py"],
     )
@@ -60,8 +60,8 @@ def register(mutation: Callable[..., None]) -> None:
         id="track-check-covers-text-fed-after-it",
         prop="hold-back (real proxy, slow guard)",
         path="guardrails_plugin/stream/track.py",
-        old="                self.covered = max(self.covered, check.chars)",
-        new="                self.covered = max(self.covered, self.chars)",
+        old="            else:\n                self.covered = max(self.covered, check.chars)",
+        new="            else:\n                self.covered = max(self.covered, self.chars)",
         tests=["tests/litellm/test_litellm_proxy.py::test_slow_guard_holds_back_answer_text_that_arrived_during_a_check"],
     )
     # Mid-stream REDACT stops the stream like BLOCK (a redaction cannot be applied to text already sent).
@@ -209,7 +209,7 @@ def register(mutation: Callable[..., None]) -> None:
     mutation(
         id="judged-memory-ignores-text",
         prop="judged once, never judged wrong",
-        path="guardrails_plugin/judged.py",
+        path="guardrails_plugin/stream/judged.py",
         old="        if entry[0] != span or entry[1] != context or entry[2] != text_digest(text):",
         new="        if entry[0] != span:",
         tests=["tests/stream/test_judged.py"],
