@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -25,7 +24,7 @@ import pytest
 from litellm_support import answer_extras as ax
 from litellm_support.clients import ENDPOINTS, ROLES, Clients, request
 from litellm_support.proxy import MASTER_KEY, start_proxy, start_upstream, write_config
-from litellm_support.upstream import script
+from litellm_support.upstream import key, script, seen
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,13 +68,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         up.stop()
 
 
-def key() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def seen(stack, k: str) -> dict | None:
-    r = httpx.get(f"{stack['upstream'].base_url}/seen/{k}")
-    return r.json() if r.status_code == 200 else None
 
 
 # -- prompts: harmful text in every role a client can fill -------------------------------------------

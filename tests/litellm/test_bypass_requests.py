@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
 from litellm_support.clients import Clients, request
 from litellm_support.proxy import MASTER_KEY, start_proxy, start_upstream, write_config
-from litellm_support.upstream import script
+from litellm_support.upstream import key, script, seen
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -71,13 +70,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         up.stop()
 
 
-def key() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-def seen(stack, k: str) -> dict | None:
-    r = httpx.get(f"{stack['upstream'].base_url}/seen/{k}")
-    return r.json() if r.status_code == 200 else None
 
 
 def b64(text: str) -> str:

@@ -56,6 +56,19 @@ class Script:
     tool_args: list[str] = field(default_factory=list)  # send_email argument fragments
 
 
+def key() -> str:
+    """A fresh marker the upstream records requests under (``seen`` reads them back)."""
+    return uuid.uuid4().hex[:8]
+
+
+def seen(stack: dict, k: str) -> dict | None:
+    """What the upstream received for marker ``k`` (None: nothing reached the model)."""
+    import httpx
+
+    r = httpx.get(f"{stack['upstream'].base_url}/seen/{k}")
+    return r.json() if r.status_code == 200 else None
+
+
 def script(tag: str) -> Script:
     if tag == "harmful-reasoning-hold":
         s = script("harmful-reasoning")
