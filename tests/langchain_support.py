@@ -64,12 +64,17 @@ class ScriptedReasoningChatModel(BaseChatModel):
     calls: int = 0
     chunks_produced: int = 0
     inputs: list[list[BaseMessage]] = Field(default_factory=list)  # messages of every call
+    #: ``bind_tools`` returns a RunnableBinding, as ChatOpenAI / ChatAnthropic / init_chat_model do
+    #: (False: returns ``self``, the kinder shape our first fakes had)
+    binding: bool = False
 
     @property
     def _llm_type(self) -> str:
         return f"scripted-reasoning-{self.style}"
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedReasoningChatModel:
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Any:
+        if self.binding:  # what BaseChatModel subclasses of real providers do: a RunnableBinding
+            return self.bind(tools=[getattr(t, "name", t) for t in tools], **kwargs)
         return self  # tools are scripted in the turns
 
     # -- scripting ------------------------------------------------------------------------------
