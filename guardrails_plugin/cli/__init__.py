@@ -11,8 +11,9 @@ every guard on a ScriptedEngine instead of real weights. FILE is JSON: a list of
 exists so the CLI's plumbing can be tested and demonstrated without a model.
 
 One module per command group: ``check``, ``demo``, ``evaluate`` (eval, calibrate), ``bench``,
-``serve`` (serve-engine); ``escalations`` comes from audit_cli.py and ``review`` from review/cli.py.
-``common`` holds the Typer app and shared options, ``guards`` builds the config and Guard.
+``serve`` (serve-engine), ``escalations`` (the queue and the ``audit`` upkeep group), ``review``
+(review serve, escalations export). ``common`` holds the Typer app and shared options, ``guards``
+builds the config and Guard.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import typer
 
 # Importing a command module registers its commands on ``app``; --help lists them in this order.
 # isort: off
-from . import check, demo, evaluate, bench, serve  # noqa: F401
+from . import check, demo, evaluate, bench, serve, escalations, review  # noqa: F401
 # isort: on
 from .common import EngineChoice, Family, app, decision_panel
 from .guards import (
@@ -48,17 +49,6 @@ __all__ = [
     "main",
     "preflight",
 ]
-
-# the reviewer's side of the escalation queue, and the audit store's upkeep (audit_cli.py)
-from ..audit_cli import audit_app, escalations_app  # noqa: E402
-
-app.add_typer(escalations_app, name="escalations")
-app.add_typer(audit_app, name="audit")
-
-# `review serve` (the review page) and `escalations export` (reviewed items as labelled data)
-from ..review.cli import register as _register_review  # noqa: E402
-
-_register_review(app, scripted_loader=load_scripted_engine)
 
 
 def _version(value: bool) -> None:

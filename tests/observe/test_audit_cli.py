@@ -12,7 +12,7 @@ from pg_support import pg_server
 from typer.testing import CliRunner
 
 from guardrails_plugin.audit import QUERY_KEY, JsonlAuditStore, attach_audit
-from guardrails_plugin.audit_cli import escalations_app
+from guardrails_plugin.cli.escalations import escalations_app
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,7 +19,7 @@ from pg_support import pg_server
 from typer.testing import CliRunner
 
 from guardrails_plugin.audit import AuditError, EscalationAlreadyResolved, attach_audit, open_store
-from guardrails_plugin.audit_cli import escalations_app
+from guardrails_plugin.cli.escalations import escalations_app
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,7 +16,7 @@ from pg_support import pg_server
 from typer.testing import CliRunner
 
 from guardrails_plugin.audit import AuditRecord, JsonlAuditStore, attach_audit, open_store
-from guardrails_plugin.audit_cli import audit_app, escalations_app
+from guardrails_plugin.cli.escalations import audit_app, escalations_app
 from guardrails_plugin.types import Action, Decision, GuardRequest, Stage, Verdict
 
 pytestmark = pytest.mark.timeout(120)

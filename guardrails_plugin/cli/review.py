@@ -1,7 +1,6 @@
-"""`guardrails-plugin review serve` and `guardrails-plugin escalations export`.
-
-``register(app)`` mounts ``review`` as a command group and adds ``export`` to the existing
-``escalations`` group (found by name, so this module does not depend on where that group lives).
+"""`guardrails-plugin review serve` (the review page) and `guardrails-plugin escalations export`
+(reviewed escalations as labelled data): the ``review`` group on the main app, and ``export`` on
+the ``escalations`` group of escalations.py.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +17,15 @@ import typer
 from rich.console import Console
 
 from ..errors import GuardError
+from .common import app
+from .escalations import escalations_app
+from .guards import load_scripted_engine
 
 review_app = typer.Typer(name="review", help="The review page for escalations (a local web app).",
                          no_args_is_help=True, add_completion=False)
 
 DbOption = typer.Option(None, "--db", envvar="GUARDRAILS_PLUGIN_AUDIT_DB",
                         help="Audit store (SQLite file, *.jsonl, or a database URL). Default: ./guardrails_audit.db")
-#: the main CLI's ``--scripted-responses`` loader, handed over by ``register`` (no import back into cli.py)
-_scripted_loader: Callable[[Path], Any] | None = None
 TOKEN_ENV = "GUARDRAILS_PLUGIN_REVIEW_TOKEN"
 SECRET_ENV = "GUARDRAILS_PLUGIN_REVIEW_SECRET"
 
@@ -61,11 +60,7 @@ def review_guard(config: Path, scripted: Path | None = None) -> Any:
     from ..guard import Guard
 
     cfg = GuardConfig.from_yaml(config).model_copy(update={"audit": None, "notify": None})
-    engine = None
-    if scripted is not None:
-        if _scripted_loader is None:
-            raise GuardError("--scripted-responses needs the main CLI's loader (register())")
-        engine = _scripted_loader(scripted)
+    engine = load_scripted_engine(scripted) if scripted is not None else None
     return Guard(cfg, engine=engine)
 
 
@@ -90,8 +85,8 @@ def serve_cmd(
     try:
         import uvicorn
 
-        from .app import create_app
-        from .security import ReviewAuth
+        from ..review.app import create_app
+        from ..review.security import ReviewAuth
     except ImportError as exc:
         raise _err(f"the review page needs its extra: pip install 'guardrails-plugin[review]' ({exc})") from None
     generated = not token and not reviewer
@@ -137,8 +132,8 @@ def export_cmd(
     Reject and edit label the content harmful, approve unharmful. Exit 1 when there is nothing
     to export."""
     from ..types import Stage
-    from .export import export_reviewed
-    from .queue import ReviewError
+    from ..review.export import export_reviewed
+    from ..review.queue import ReviewError
 
     if stage is not None and stage not in {s.value for s in Stage}:
         raise _err(f"--stage must be prompt, reasoning or response; got {stage!r}")
@@ -164,16 +159,7 @@ def export_cmd(
         raise typer.Exit(1)
 
 
-def register(app: typer.Typer, scripted_loader: Callable[[Path], Any] | None = None) -> None:
-    """Mount ``review`` on ``app`` and add ``export`` to its ``escalations`` group.
-    ``scripted_loader``: the CLI's test hook that turns a ``--scripted-responses`` file into an engine."""
-    global _scripted_loader
-    _scripted_loader = scripted_loader
-    app.add_typer(review_app, name="review")
-    for group in app.registered_groups:
-        if group.name == "escalations" and group.typer_instance is not None:
-            group.typer_instance.command("export")(export_cmd)
-            break
+app.add_typer(review_app, name="review")
+escalations_app.command("export")(export_cmd)
 
-
-__all__ = ["export_cmd", "register", "review_app", "review_guard"]
+__all__ = ["export_cmd", "review_app", "review_guard"]

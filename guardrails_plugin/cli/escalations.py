@@ -1,13 +1,12 @@
 """`guardrails-plugin escalations list | show | resolve | purge | upgrade`: the reviewer's side of
 the escalation queue, and the audit store's upkeep.
 
-cli.py mounts ``escalations_app`` with ``app.add_typer(escalations_app, name="escalations")``;
-``audit_app`` holds the upkeep commands alone (``purge``, ``upgrade``) for a ``guardrails-plugin
-audit`` group. The store is ``--db`` (or ``$GUARDRAILS_PLUGIN_AUDIT_DB``, else
-./guardrails_audit.db): a SQLite file, a ``*.jsonl`` path or a ``postgresql://user@host/db`` URL.
-The CLI never creates a store and never upgrades one silently (``upgrade`` does that). Exit codes:
-0 ok, 1 no such store / escalation, already resolved, or store unreachable, 2 usage or
-configuration error.
+Mounted on the main app as ``escalations``; ``audit_app`` holds the upkeep commands alone
+(``purge``, ``upgrade``) as the ``guardrails-plugin audit`` group; cli/review.py adds ``export``.
+The store is ``--db`` (or ``$GUARDRAILS_PLUGIN_AUDIT_DB``, else ./guardrails_audit.db): a SQLite
+file, a ``*.jsonl`` path or a ``postgresql://user@host/db`` URL. The CLI never creates a store and
+never upgrades one silently (``upgrade`` does that). Exit codes: 0 ok, 1 no such store /
+escalation, already resolved, or store unreachable, 2 usage or configuration error.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .observe import (
+from ..errors import GuardConfigError
+from ..observe import (
     STATUSES,
     AuditError,
     AuditStore,
@@ -33,9 +33,9 @@ from .observe import (
     default_path,
     open_store,
 )
-from .errors import GuardConfigError
-from .observe.reviews import caller_metadata, clean_text, safe_json, trail_of, user_note, visible
-from .review.security import clean_name
+from ..observe.reviews import caller_metadata, clean_text, safe_json, trail_of, user_note, visible
+from ..review.security import clean_name
+from .common import app
 
 escalations_app = typer.Typer(
     name="escalations",
@@ -50,6 +50,9 @@ audit_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+app.add_typer(escalations_app, name="escalations")
+app.add_typer(audit_app, name="audit")
 
 DbOption = typer.Option(None, "--db", envvar="GUARDRAILS_PLUGIN_AUDIT_DB",
                         help="Audit store: SQLite file, *.jsonl path, or postgresql://user@host:5432/db. "
